@@ -1,0 +1,26 @@
+"""diffcore: denoising diffusion and score-based generative models, written once against the
+Python Array API standard and run on NumPy, array-api-strict, PyTorch and JAX.
+
+``import diffcore`` imports no framework: backends are loaded only by :func:`diffcore.backend`.
+"""
+
+from . import losses, parametrization
+from .backend import Backend, NumPyBackend, available_backends, backend, backend_for
+from .diffusion import GaussianDiffusion, PMeanVariance
+from .process import Process, marginal_coefficients, marginal_sample
+from .schedules import (
+    betas_for_alpha_bar,
+    get_named_beta_schedule,
+    rescale_zero_terminal_snr,
+    respace_betas,
+    respaced_timesteps,
+    space_timesteps,
+)
+from .timestep_sampler import (
+    LossSecondMomentResampler,
+    TimestepSampler,
+    UniformSampler,
+    create_named_schedule_sampler,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""Array-API plumbing shared by the core: namespaces, table gathering, argument checks.
+
+Schedule tables live in float64 NumPy. They are cast to the working dtype *after* every derived
+coefficient has been computed in float64 (REFERENCE.md: fp16/bf16 tables round abar to 1 and give
+NaN), moved to the caller's device, and gathered with ``xp.take``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, device as array_device
+
+__all__ = [
+    "array_namespace",
+    "array_device",
+    "is_traced",
+    "as_xp",
+    "TableCache",
+    "expand_to",
+    "mean_flat",
+    "check_float_array",
+    "check_timesteps",
+    "check_same_shape",
+]
+
+
+def is_traced(x: Any) -> bool:
+    """True when reading ``x``'s values would fail or force a sync we refuse to add.
+
+    Covers JAX tracers (``jax.jit``, ``vmap``, ``grad``), torch.compile's fake tensors and
+    torch.func's batched tensors. Eager JAX arrays are concrete: their values are checked.
+    """
+    for cls in type(x).__mro__:
+        if cls.__name__ == "Tracer" and (cls.__module__ or "").startswith("jax"):
+            return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        compiler = getattr(torch, "compiler", None)
+        if compiler is not None and compiler.is_compiling():
+            return True
+        functorch = getattr(torch._C, "_functorch", None)
+        if functorch is not None and functorch.is_batchedtensor(x):
+            return True
+    return False
+
+
+def _numpy_dtype_for(xp: Any, dtype: Any) -> np.dtype | None:
+    """The NumPy dtype with the same meaning as ``dtype`` of ``xp``, or None (e.g. bfloat16)."""
+    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"):
+        candidate = getattr(xp, name, None)
+        if candidate is not None and dtype == candidate:
+            return np.dtype(name)
+    return None
+
+
+def as_xp(table: np.ndarray, xp: Any, dtype: Any, device: Any) -> Any:
+    """Convert a NumPy table to ``xp`` with ``dtype`` on ``device``.
+
+    NumPy does the rounding when it knows the dtype (one correctly rounded cast from float64);
+    otherwise (bfloat16) the table goes through float32 and the namespace casts it.
+    """
+    np_dtype = _numpy_dtype_for(xp, dtype)
+    if np_dtype is not None:
+        return xp.asarray(np.ascontiguousarray(table, dtype=np_dtype), device=device)
+    via = xp.asarray(np.ascontiguousarray(table, dtype=np.float32), device=device)
+    return xp.astype(via, dtype)
+
+
+class TableCache:
+    """Per-object cache of converted tables, keyed by (name, namespace, dtype, device).
+
+    Only concrete arrays are stored: a JAX tracer must never outlive its trace.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, Any] = {}
+
+    def get(self, name: str, table: np.ndarray, xp: Any, dtype: Any, device: Any) -> Any:
+        try:
+            key = (name, xp.__name__, str(dtype), str(device))
+        except Exception:  # pragma: no cover - exotic namespaces
+            return as_xp(table, xp, dtype, device)
+        hit = self._store.get(key)
+        if hit is not None:
+            return hit
+        value = as_xp(table, xp, dtype, device)
+        if not is_traced(value):
+            self._store[key] = value
+        return value
+
+    def __getstate__(self) -> dict:
+        return {"_store": {}}
+
+
+def expand_to(coeff: Any, x: Any) -> Any:
+    """Reshape a per-example coefficient of shape (B,) or () to broadcast against ``x`` (B, ...)."""
+    xp = array_namespace(coeff, x)
+    if coeff.ndim == 0:
+        return xp.reshape(coeff, (1,) * x.ndim)
+    return xp.reshape(coeff, (coeff.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def mean_flat(x: Any) -> Any:
+    """Mean over all axes but the first (per-example mean)."""
+    xp = array_namespace(x)
+    if x.ndim <= 1:
+        return x
+    return xp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def sum_flat(x: Any) -> Any:
+    """Sum over all axes but the first (per-example sum)."""
+    xp = array_namespace(x)
+    if x.ndim <= 1:
+        return x
+    return xp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+def num_dims(x: Any) -> int:
+    """Number of data dimensions per example (product of all axes but the first)."""
+    return math.prod(x.shape[1:])
+
+
+def check_float_array(x: Any, name: str) -> Any:
+    """Return the namespace of ``x`` after checking that it is a real floating array."""
+    try:
+        xp = array_namespace(x)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an array of a supported namespace; got {type(x).__name__}") from exc
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must be a real floating-point array; got dtype {x.dtype}")
+    return xp
+
+
+def check_timesteps(t: Any, num_timesteps: int, name: str = "t", batch: int | None = None) -> Any:
+    """Check an integer array of 0-based steps in [0, num_timesteps - 1] (the papers' 1..T).
+
+    The range check reads values, so it is skipped for traced arrays; dtype and shape checks are not.
+    """
+    try:
+        xp = array_namespace(t)
+    except TypeError as exc:
+        raise TypeError(
+            f"{name} must be an integer array of 0-based steps in [0, {num_timesteps - 1}]; got {type(t).__name__}"
+        ) from exc
+    if not xp.isdtype(t.dtype, "integral"):
+        raise TypeError(
+            f"{name} must be an integer array of 0-based steps in [0, {num_timesteps - 1}]; got dtype {t.dtype}"
+        )
+    if t.ndim > 1:
+        raise ValueError(f"{name} must be 0-D or 1-D (one step per example); got shape {tuple(t.shape)}")
+    if batch is not None and t.ndim == 1 and t.shape[0] != batch:
+        raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch} examples")
+    if not is_traced(t) and math.prod(t.shape) > 0:
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        if lo < 0 or hi >= num_timesteps:
+            raise ValueError(
+                f"{name} must lie in [0, {num_timesteps - 1}] (0-based: step 0 is the papers' t=1); "
+                f"got values from {lo} to {hi}"
+            )
+    return xp
+
+
+def check_same_shape(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_a} and {name_b} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")

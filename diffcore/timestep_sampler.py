@@ -1,0 +1,148 @@
+"""Timestep samplers for training: uniform and loss-second-moment importance sampling.
+
+The core makes no random numbers: a sampler maps uniform draws ``u`` in [0, 1) (from a backend) to
+steps by the inverse CDF of its distribution p_t, and returns the unbiasing weights 1 / (T p_t),
+so that E_t[w_t L_t] = (1/T) sum_t L_t under either sampler (Nichol & Dhariwal 2021, §3.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._array import array_device, array_namespace, as_xp, is_traced
+
+__all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
+
+
+class TimestepSampler:
+    """A distribution over the steps 0..T-1 of a diffusion; subclasses define :meth:`weights`."""
+
+    num_timesteps: int
+
+    def weights(self) -> np.ndarray:
+        """Unnormalised float64 weights over steps (NumPy, host side)."""
+        raise NotImplementedError
+
+    def sample(self, u: Any) -> tuple[Any, Any]:
+        """(steps, weights) for uniform draws ``u`` of shape (B,) in [0, 1).
+
+        Steps are int64-like integers of ``u``'s namespace; weights 1 / (T p_t) in ``u``'s dtype.
+        """
+        xp = array_namespace(u)
+        if not xp.isdtype(u.dtype, "real floating") or u.ndim != 1:
+            raise ValueError(f"u must be a 1-D floating array of uniform draws in [0, 1); got shape {tuple(u.shape)}, dtype {u.dtype}")
+        if not is_traced(u) and u.shape[0] > 0:
+            lo, hi = float(xp.min(u)), float(xp.max(u))
+            if lo < 0.0 or hi >= 1.0:
+                raise ValueError(f"u must lie in [0, 1); got values from {lo} to {hi}")
+        w = np.asarray(self.weights(), dtype=np.float64)
+        p = w / np.sum(w)
+        cdf = np.cumsum(p)
+        cdf[-1] = 1.0  # guard against rounding: every u < 1 finds a step
+        device = array_device(u)
+        cdf_x = as_xp(cdf, xp, u.dtype, device)
+        steps = xp.searchsorted(cdf_x, u, side="right")
+        steps = xp.clip(steps, max=self.num_timesteps - 1)
+        inv = as_xp(1.0 / (self.num_timesteps * p), xp, u.dtype, device)
+        return steps, xp.take(inv, steps, axis=0)
+
+
+class UniformSampler(TimestepSampler):
+    """p_t = 1/T (the default, and the one L_hybrid uses); weights are all 1."""
+
+    def __init__(self, num_timesteps: int) -> None:
+        if not isinstance(num_timesteps, int) or num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be a positive integer; got {num_timesteps!r}")
+        self.num_timesteps = num_timesteps
+
+    def weights(self) -> np.ndarray:
+        return np.ones(self.num_timesteps)
+
+
+class LossSecondMomentResampler(TimestepSampler):
+    """p_t proportional to sqrt(E[L_t^2]) over the last ``history_per_term`` losses at each t.
+
+    Uniform until every step has a full history, then mixed with ``uniform_prob`` of uniform
+    (Improved DDPM §3.3; for L_vlb: the paper found it unhelpful for L_hybrid).
+    """
+
+    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
+        if not isinstance(num_timesteps, int) or num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be a positive integer; got {num_timesteps!r}")
+        if not isinstance(history_per_term, int) or history_per_term < 1:
+            raise ValueError(f"history_per_term must be a positive integer; got {history_per_term!r}")
+        if not 0.0 < uniform_prob <= 1.0:
+            raise ValueError(f"uniform_prob must lie in (0, 1]; got {uniform_prob!r}")
+        self.num_timesteps = num_timesteps
+        self.history_per_term = history_per_term
+        self.uniform_prob = float(uniform_prob)
+        self._loss_history = np.zeros((num_timesteps, history_per_term), dtype=np.float64)
+        self._loss_counts = np.zeros(num_timesteps, dtype=np.int64)
+
+    def warmed_up(self) -> bool:
+        return bool(np.all(self._loss_counts == self.history_per_term))
+
+    def weights(self) -> np.ndarray:
+        if not self.warmed_up():
+            return np.ones(self.num_timesteps)
+        w = np.sqrt(np.mean(self._loss_history**2, axis=-1))
+        w = w / np.sum(w)
+        return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+
+    def update_with_losses(self, steps: Any, losses: Any) -> None:
+        """Record per-example losses at their steps (host side: call outside any jit)."""
+        steps = np.asarray(_to_numpy(steps)).reshape(-1)
+        losses = np.asarray(_to_numpy(losses), dtype=np.float64).reshape(-1)
+        if steps.shape != losses.shape:
+            raise ValueError(f"steps and losses must have the same length; got {steps.shape[0]} and {losses.shape[0]}")
+        if steps.size and (steps.min() < 0 or steps.max() >= self.num_timesteps):
+            raise ValueError(f"steps must lie in [0, {self.num_timesteps - 1}]; got {steps.min()}..{steps.max()}")
+        if not np.all(np.isfinite(losses)):
+            raise ValueError("losses must be finite; got a NaN or infinity")
+        for t, loss in zip(steps.tolist(), losses.tolist()):
+            if self._loss_counts[t] == self.history_per_term:
+                self._loss_history[t, :-1] = self._loss_history[t, 1:]
+                self._loss_history[t, -1] = loss
+            else:
+                self._loss_history[t, self._loss_counts[t]] = loss
+                self._loss_counts[t] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss_history": self._loss_history.copy(),
+            "loss_counts": self._loss_counts.copy(),
+            "history_per_term": self.history_per_term,
+            "uniform_prob": self.uniform_prob,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        history = np.asarray(state["loss_history"], dtype=np.float64)
+        counts = np.asarray(state["loss_counts"], dtype=np.int64)
+        if history.shape != (self.num_timesteps, self.history_per_term) or counts.shape != (self.num_timesteps,):
+            raise ValueError(
+                f"state does not fit this sampler: loss_history {history.shape} (expected "
+                f"{(self.num_timesteps, self.history_per_term)}), loss_counts {counts.shape}"
+            )
+        self._loss_history = history.copy()
+        self._loss_counts = counts.copy()
+        self.uniform_prob = float(state.get("uniform_prob", self.uniform_prob))
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+    try:
+        return np.asarray(a)
+    except TypeError:
+        return np.from_dlpack(a)
+
+
+def create_named_schedule_sampler(name: str, num_timesteps: int) -> TimestepSampler:
+    """improved-diffusion's names: "uniform" or "loss-second-moment"."""
+    if name == "uniform":
+        return UniformSampler(num_timesteps)
+    if name == "loss-second-moment":
+        return LossSecondMomentResampler(num_timesteps)
+    raise ValueError(f"name must be 'uniform' or 'loss-second-moment'; got {name!r}")
