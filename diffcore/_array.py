@@ -96,6 +96,14 @@ class TableCache:
         return {"_store": {}}
 
 
+def default_dtype(xp: Any, kind: str = "real floating", device: Any = None) -> Any:
+    """The namespace's default dtype of ``kind`` ("real floating", "integral", "indexing")."""
+    try:
+        return xp.__array_namespace_info__().default_dtypes(device=device)[kind]
+    except Exception:  # pragma: no cover - namespaces without the inspection API
+        return {"real floating": xp.float32}.get(kind, xp.int64)
+
+
 def expand_to(coeff: Any, x: Any) -> Any:
     """Reshape a per-example coefficient of shape (B,) or () to broadcast against ``x`` (B, ...)."""
     xp = array_namespace(coeff, x)
@@ -123,6 +131,21 @@ def sum_flat(x: Any) -> Any:
 def num_dims(x: Any) -> int:
     """Number of data dimensions per example (product of all axes but the first)."""
     return math.prod(x.shape[1:])
+
+
+def concrete_min_max(x: Any) -> tuple[Any, Any] | None:
+    """(min, max) of a non-empty concrete array, or None where reading them is not allowed.
+
+    A concrete JAX array closed over inside ``jax.jit`` still yields traced reductions, so the
+    reductions themselves are checked too.
+    """
+    if is_traced(x) or math.prod(x.shape) == 0:
+        return None
+    xp = array_namespace(x)
+    lo, hi = xp.min(x), xp.max(x)
+    if is_traced(lo) or is_traced(hi):
+        return None
+    return lo, hi
 
 
 def check_float_array(x: Any, name: str) -> Any:
@@ -155,8 +178,9 @@ def check_timesteps(t: Any, num_timesteps: int, name: str = "t", batch: int | No
         raise ValueError(f"{name} must be 0-D or 1-D (one step per example); got shape {tuple(t.shape)}")
     if batch is not None and t.ndim == 1 and t.shape[0] != batch:
         raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch} examples")
-    if not is_traced(t) and math.prod(t.shape) > 0:
-        lo, hi = int(xp.min(t)), int(xp.max(t))
+    lo_hi = concrete_min_max(t)
+    if lo_hi is not None:
+        lo, hi = (int(v) for v in lo_hi)
         if lo < 0 or hi >= num_timesteps:
             raise ValueError(
                 f"{name} must lie in [0, {num_timesteps - 1}] (0-based: step 0 is the papers' t=1); "

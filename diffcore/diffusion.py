@@ -21,6 +21,7 @@ from ._array import (
     check_float_array,
     check_same_shape,
     check_timesteps,
+    default_dtype,
     expand_to,
     mean_flat,
     sum_flat,
@@ -55,15 +56,6 @@ def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
-
-
-def _default_float(xp: Any, like: Any = None) -> Any:
-    if like is not None and xp.isdtype(like.dtype, "real floating"):
-        return like.dtype
-    try:
-        return xp.__array_namespace_info__().default_dtypes()["real floating"]
-    except Exception:  # pragma: no cover - namespaces without the inspection API
-        return xp.float32
 
 
 class GaussianDiffusion:
@@ -166,7 +158,7 @@ class GaussianDiffusion:
 
     def _per_step(self, name: str, t: Any, dtype: Any) -> Any:
         xp = check_timesteps(t, self.num_timesteps, "t")
-        dtype = _default_float(xp) if dtype is None else dtype
+        dtype = default_dtype(xp) if dtype is None else dtype
         table = self._table(name, xp, dtype, array_device(t))
         return xp.take(table, t, axis=0) if t.ndim == 1 else table[t]
 
@@ -189,7 +181,7 @@ class GaussianDiffusion:
         table = self._table("timestep_map", xp, t.dtype, array_device(t))
         mapped = xp.take(table, t, axis=0) if t.ndim == 1 else table[t]
         if self.rescale_timesteps:
-            dtype = _default_float(xp)
+            dtype = default_dtype(xp)
             return xp.astype(mapped, dtype) * (1000.0 / self.original_num_timesteps)
         return mapped
 
@@ -361,7 +353,7 @@ class GaussianDiffusion:
     def prior_bpd(self, x_start: Any) -> Any:
         """Per-example L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim."""
         xp = check_float_array(x_start, "x_start")
-        t = xp.full((x_start.shape[0],), self.num_timesteps - 1, dtype=xp.int64, device=array_device(x_start))
+        t = xp.full((x_start.shape[0],), self.num_timesteps - 1, dtype=default_dtype(xp, "indexing"), device=array_device(x_start))
         mean, _, log_variance = self.q_mean_variance(x_start, t)
         zeros = xp.zeros_like(mean)
         return mean_flat(normal_kl(mean, log_variance, zeros, zeros)) / _LN2
@@ -386,7 +378,7 @@ class GaussianDiffusion:
         B = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
         for i in range(self.num_timesteps):
-            t = xp.full((B,), i, dtype=xp.int64, device=array_device(x_start))
+            t = xp.full((B,), i, dtype=default_dtype(xp, "indexing"), device=array_device(x_start))
             eps = noise(i)
             x_t = self.q_sample(x_start, t, noise=eps)
             output = model(x_t, self.model_time(t), cond) if cond is not None else model(x_t, self.model_time(t))

@@ -248,11 +248,11 @@ def rescale_zero_terminal_snr(betas: Any) -> np.ndarray:
             f"{float(first)!r}, last {float(last)!r}"
         )
     sqrt_abar = (sqrt_abar - last) * (first / (first - last))
-    sqrt_abar[0] = first  # exact, not just up to rounding
-    sqrt_abar[-1] = 0.0
     abar = sqrt_abar**2
-    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
-    return check_betas(1.0 - alphas, "rescaled betas")
+    abar[0] = 1.0 - betas[0]  # the first step is unchanged exactly, not just up to rounding
+    abar[-1] = 0.0
+    new_betas = 1.0 - abar[1:] / abar[:-1]
+    return check_betas(np.concatenate([betas[:1], new_betas]), "rescaled betas")
 
 
 _rescale_zero_terminal_snr = rescale_zero_terminal_snr  # get_named_beta_schedule's keyword shadows the name
@@ -337,8 +337,8 @@ def respaced_timesteps(
     Spacings (diffusers' names; Lin et al. 2024, Table 2):
       - ``"linspace"``: round(linspace(0, T-1, n)) -- includes 0 and T-1;
       - ``"leading"``: arange(n) * (T // n) + steps_offset -- starts at steps_offset, often misses T-1;
-      - ``"trailing"``: round(T - k T/n) - 1, k = 0..n-1 -- ends at T-1. (diffusers writes
-        round(arange(T, 0, -T/n)) - 1, whose float arange sometimes yields n+1 entries ending in -1.)
+      - ``"trailing"``: round(arange(T, 0, -T/n)) - 1, the first n entries -- ends at T-1. (diffusers
+        keeps all entries: its float arange sometimes yields n+1 of them, the last becoming step -1.)
     ``num_steps`` may also be a string understood by :func:`space_timesteps` (``"ddim50"``, ``"10,20"``),
     improved-diffusion's spacings; then ``spacing`` must stay at its default and ``steps_offset`` at 0.
     ``steps_offset`` applies to ``"leading"`` only.
@@ -373,7 +373,9 @@ def respaced_timesteps(
                 f"num_timesteps = {T} with 'leading' spacing, got {offset}"
             )
     else:
-        steps = np.sort(np.round(T - np.arange(n) * (T / n)) - 1)
+        # diffusers' values exactly (ties included); its float arange sometimes has an (n+1)-th entry
+        # near 0 that would become step -1: keep the first n.
+        steps = np.sort(np.round(np.arange(T, 0, -T / n)[:n]) - 1)
     steps = steps.astype(np.int64)
     if np.unique(steps).shape[0] != n:  # cannot happen for n <= T; kept as a guard, never a silent merge
         raise ValueError(f"spacing {spacing!r} produced duplicate steps for num_steps = {n}, num_timesteps = {T}")

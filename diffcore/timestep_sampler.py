@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import array_device, array_namespace, as_xp, is_traced
+from ._array import array_device, array_namespace, as_xp, concrete_min_max
 
 __all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
 
@@ -33,8 +33,9 @@ class TimestepSampler:
         xp = array_namespace(u)
         if not xp.isdtype(u.dtype, "real floating") or u.ndim != 1:
             raise ValueError(f"u must be a 1-D floating array of uniform draws in [0, 1); got shape {tuple(u.shape)}, dtype {u.dtype}")
-        if not is_traced(u) and u.shape[0] > 0:
-            lo, hi = float(xp.min(u)), float(xp.max(u))
+        lo_hi = concrete_min_max(u)
+        if lo_hi is not None:
+            lo, hi = (float(v) for v in lo_hi)
             if lo < 0.0 or hi >= 1.0:
                 raise ValueError(f"u must lie in [0, 1); got values from {lo} to {hi}")
         w = np.asarray(self.weights(), dtype=np.float64)

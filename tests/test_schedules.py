@@ -307,10 +307,15 @@ def test_respaced_timesteps_properties(data, T, spacing):
         assert steps[-1] == T - 1
         if n == T:
             np.testing.assert_array_equal(steps, np.arange(T))
-        # diffusers' formula, wherever its float arange yields exactly n entries
+        # diffusers' formula; where its float arange yields n+1 entries, the extra one is step -1
         diffusers = np.round(np.arange(T, 0, -T / n)) - 1
-        if len(diffusers) == n:
-            np.testing.assert_array_equal(steps, np.sort(diffusers))
+        assert len(diffusers) in (n, n + 1)
+        if len(diffusers) == n + 1:
+            assert diffusers[-1] == -1
+        np.testing.assert_array_equal(steps, np.sort(diffusers[:n]))
+        # within one step of the exact T (n - k) / n - 1 (ties are decided by float rounding)
+        exact = np.array([T * (n - k) / n for k in range(n)])[::-1] - 1
+        assert np.all(np.abs(steps - exact) <= 0.5 + 1e-9)
     elif spacing == "linspace":
         assert steps[0] == 0
         if n > 1:
@@ -347,7 +352,8 @@ def test_respace_betas_keeps_abar_at_kept_steps(name, T, spacing, frac):
     assert new_betas.shape == (n,) and timestep_map.dtype == np.int64
     np.testing.assert_array_equal(timestep_map, steps)
     assert np.all((new_betas > 0) & (new_betas < 1))
-    np.testing.assert_allclose(abar_of(new_betas), abar_of(betas)[steps], rtol=1e-12)
+    # atol: a beta near 1 holds 1 - beta only to ~1e-16 absolute (float64 spacing near 1)
+    np.testing.assert_allclose(abar_of(new_betas), abar_of(betas)[steps], rtol=1e-12, atol=1e-14)
     # the formula of Nichol & Dhariwal 2021, §4, directly
     abar = abar_of(betas)
     prev = np.concatenate([[1.0], abar[steps[:-1]]])
@@ -410,7 +416,8 @@ BAD_CALLS = [
     (lambda: betas_for_alpha_bar(10, lambda t: 1 + t), ValueError, r"alpha_bar must be strictly decreasing"),
     (lambda: betas_for_alpha_bar(10, lambda t: 0.5), ValueError, r"alpha_bar must be strictly decreasing.*0\.5"),
     (lambda: betas_for_alpha_bar(10, lambda t: float("nan")), ValueError, r"alpha_bar must return finite.*nan"),
-    (lambda: betas_for_alpha_bar(10, lambda t: 1 - 2 * t), ValueError, r"alpha_bar.*alpha_bar\(0\.6\) = -0\.2"),
+    (lambda: betas_for_alpha_bar(10, lambda t: 1 - 2 * t), ValueError, r"alpha_bar must return finite values in \(0, 1\].*alpha_bar\(0\.5\) = 0\.0"),
+    (lambda: betas_for_alpha_bar(10, lambda t: 1 - 1.05 * t), ValueError, r"alpha_bar.*alpha_bar\(1\.0\) = -0\.05"),
     (lambda: betas_for_alpha_bar(10, lambda t: "x"), TypeError, r"alpha_bar must return a real number"),
     # rescale_zero_terminal_snr
     (lambda: rescale_zero_terminal_snr([0.5]), ValueError, r"betas must have at least 2 steps.*got 1"),
