@@ -4,13 +4,16 @@ Python Array API standard and run on NumPy, array-api-strict, PyTorch and JAX.
 ``import diffcore`` imports no framework: backends are loaded only by :func:`diffcore.backend`.
 """
 
-from . import losses, parametrization
+from . import autodiff, losses, parametrization, score_matching, sde
 from .backend import Backend, NumPyBackend, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance
+from .sde import VESDE, VPSDE, subVPSDE
 from .process import Process, marginal_coefficients, marginal_sample
 from .schedules import (
     betas_for_alpha_bar,
     get_named_beta_schedule,
+    karras_sigmas,
+    ncsn_sigmas,
     rescale_zero_terminal_snr,
     respace_betas,
     respaced_timesteps,

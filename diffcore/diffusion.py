@@ -185,6 +185,16 @@ class GaussianDiffusion:
             return xp.astype(mapped, dtype) * (1000.0 / self.original_num_timesteps)
         return mapped
 
+    def time_from_model_time(self, t_in: Any) -> Any:
+        """The step index whose network time input is ``t_in`` (the inverse of :meth:`model_time`)."""
+        xp = array_namespace(t_in)
+        device = array_device(t_in)
+        if self.rescale_timesteps:
+            t_in = xp.round(t_in * (self.original_num_timesteps / 1000.0))
+        steps = xp.astype(t_in, default_dtype(xp, "indexing"))
+        table = self._table("timestep_map", xp, steps.dtype, device)
+        return xp.searchsorted(table, steps)
+
     def prior_sample(self, noise: Any) -> Any:
         """x_T ~ N(0, I): the prior sample is the noise itself."""
         check_float_array(noise, "noise")

@@ -1,4 +1,4 @@
-"""Conversions among the quantities a network may predict: eps, x_0, v and the score.
+"""Conversions among the quantities a network may predict: eps, x_0, v, the score, sigma * score.
 
 All in terms of the marginal x_t = alpha x_0 + sigma eps (alpha, sigma broadcast against x_t), so
 they serve every process (discrete, VP, sub-VP, VE). v = alpha eps - sigma x_0 (Salimans & Ho 2022,
@@ -26,7 +26,8 @@ __all__ = [
     "to_v",
 ]
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+#: "scaled_score" is NCSNv2's network output net(x) = sigma * score (Song & Ermon 2020), i.e. -eps.
+PREDICTIONS = ("eps", "x0", "v", "score", "scaled_score")
 
 
 def check_prediction(prediction: str, name: str = "prediction") -> str:
@@ -89,6 +90,8 @@ def to_eps(output, prediction: str, x_t, alpha, sigma):
         return eps_from_x0(x_t, output, alpha, sigma)
     if prediction == "v":
         return eps_from_v(x_t, output, alpha, sigma)
+    if prediction == "scaled_score":
+        return -output
     return eps_from_score(output, sigma)
 
 
@@ -97,6 +100,8 @@ def to_score(output, prediction: str, x_t, alpha, sigma):
     check_prediction(prediction)
     if prediction == "score":
         return output
+    if prediction == "scaled_score":
+        return output / sigma
     return score_from_eps(to_eps(output, prediction, x_t, alpha, sigma), sigma)
 
 

@@ -37,6 +37,9 @@ class Process(Protocol):
     def model_time(self, t: Any) -> Any:
         """The time value the network receives at ``t``."""
 
+    def time_from_model_time(self, t_in: Any) -> Any:
+        """The process time whose network time input is ``t_in`` (inverse of :meth:`model_time`)."""
+
     def prior_sample(self, noise: Any) -> Any:
         """A draw from the prior p_T given standard normal ``noise``."""
 

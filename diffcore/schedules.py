@@ -25,6 +25,8 @@ __all__ = [
     "space_timesteps",
     "respaced_timesteps",
     "respace_betas",
+    "ncsn_sigmas",
+    "karras_sigmas",
 ]
 
 SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
@@ -399,3 +401,40 @@ def respace_betas(betas: Any, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([[0], steps[:-1] + 1])
     new_betas = -np.expm1(np.add.reduceat(log_alphas, starts))
     return check_betas(new_betas, "respaced betas"), steps.copy()
+
+
+# ------------------------------------------------------------------------------- noise ladders
+
+
+def _check_sigma_range(sigma_min: Any, sigma_max: Any) -> tuple[float, float]:
+    sigma_min = _check_float(sigma_min, "sigma_min", 0.0, math.inf)
+    sigma_max = _check_float(sigma_max, "sigma_max", 0.0, math.inf)
+    if not sigma_max > sigma_min:
+        raise ValueError(f"sigma_max must be greater than sigma_min; got sigma_max={sigma_max}, sigma_min={sigma_min}")
+    return sigma_min, sigma_max
+
+
+def ncsn_sigmas(sigma_max: float = 1.0, sigma_min: float = 0.01, num_scales: int = 10) -> np.ndarray:
+    """NCSN's geometric noise ladder sigma_1 > ... > sigma_L (Song & Ermon 2019, §4.2).
+
+    sigma_i = exp(linspace(log sigma_max, log sigma_min, L)); NCSN: 1 -> 0.01, L = 10;
+    NCSNv2 CIFAR-10: 50 -> 0.01, L = 232.
+    """
+    sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
+    num_scales = _check_int(num_scales, "num_scales", 2)
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
+    """EDM's sigma schedule (Karras et al. 2022, eq. 5), descending, without the final 0.
+
+    sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+    """
+    sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
+    num_steps = _check_int(num_steps, "num_steps", 1)
+    rho = _check_float(rho, "rho", 0.0, math.inf)
+    if num_steps == 1:
+        return np.array([sigma_max])
+    ramp = np.arange(num_steps) / (num_steps - 1)
+    inv_min, inv_max = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (inv_max + ramp * (inv_min - inv_max)) ** rho
