@@ -1,0 +1,139 @@
+"""What every sampler shares: the sampler record, plans, model calls, the non-finite flag.
+
+A sampler is a short pure step function ``step(state, plan_i, noise_i) -> state`` over a plan
+computed before the loop (CONVENTIONS.md). The plan is a NamedTuple of float64 / int64 NumPy
+columns on the host; :func:`plan_to` converts it once to the working namespace, dtype and device,
+and the backend's driver hands the step a plain tuple of the i-th entries (rebuild the NamedTuple
+with ``Plan(*plan_i)``). ``noise_i`` has shape (draws, *sample_shape): a sampler that needs k
+standard-normal draws per step declares ``noise_draws = k``.
+
+Every plan has the columns ``index`` (the step number, for error messages), ``alpha_next`` and
+``sigma_next`` (the noise level the state's ``x`` is at after the step): inpainting projects the
+known part onto that level after every step, for every sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .._array import array_device, array_namespace, as_xp, default_dtype
+from ..parametrization import PREDICTIONS, to_eps, to_score, to_x0
+
+__all__ = [
+    "Sampler",
+    "plan_to",
+    "call_model",
+    "flag_nonfinite",
+    "Denoised",
+    "denoise",
+    "check_steps",
+    "check_choice",
+    "check_positive",
+]
+
+
+class Sampler(NamedTuple):
+    """A sampler ready to run: ``state = init(x_T)``, then ``step`` over ``plan``, then ``result(state)``.
+
+    ``times`` are the process times of the steps (for error messages); ``nfe`` is the number of
+    model evaluations of the whole run (``None`` when the state counts them: ``state.nfe``);
+    ``drive`` replaces the backend's ``loop`` for samplers that need another driver (adaptive
+    solvers use the bounded while-loop).
+    """
+
+    name: str
+    plan: Any
+    init: Callable[[Any], Any]
+    step: Callable[[Any, tuple, Any], Any]
+    result: Callable[[Any], Any]
+    noise_draws: int
+    nfe: int | None
+    times: np.ndarray
+    drive: Callable[..., Any] | None = None
+
+
+def plan_to(plan: Any, xp: Any, dtype: Any, device: Any) -> tuple:
+    """The plan's columns in ``xp`` on ``device``: floating ones in ``dtype``, integer ones in the
+    namespace's indexing dtype. Done once, before the loop."""
+    out = []
+    for column in plan:
+        column = np.asarray(column)
+        if column.dtype.kind in "iu":
+            out.append(as_xp(column, xp, default_dtype(xp, "indexing"), device))
+        else:
+            out.append(as_xp(column.astype(np.float64), xp, dtype, device))
+    return tuple(out)
+
+
+def call_model(model: Callable[..., Any], x: Any, t_in: Any, cond: Any = None) -> Any:
+    """model(x, t_in broadcast to one entry per example[, cond])."""
+    xp = array_namespace(x)
+    t_vec = xp.broadcast_to(t_in, (x.shape[0],))
+    return model(x, t_vec) if cond is None else model(x, t_vec, cond)
+
+
+def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
+    """``bad_step`` (-1 while all is well) set to ``index`` at the first non-finite ``value``.
+
+    Carried through the loop and raised after it: no host sync per step.
+    """
+    xp = array_namespace(value)
+    bad = xp.logical_not(xp.all(xp.isfinite(value)))
+    return xp.where(xp.logical_and(bad_step < 0, bad), xp.astype(index, bad_step.dtype), bad_step)
+
+
+def initial_flag(x: Any) -> Any:
+    xp = array_namespace(x)
+    return xp.asarray(-1, dtype=default_dtype(xp, "indexing"), device=array_device(x))
+
+
+class Denoised(NamedTuple):
+    x0: Any
+    eps: Any
+    output: Any
+
+
+def denoise(model, x, t_in, alpha, sigma, prediction: str, cond: Any = None, clip: bool = False) -> Denoised:
+    """The model's x_0 and eps at x = alpha x_0 + sigma eps (eps recomputed from the clipped x_0)."""
+    output = call_model(model, x, t_in, cond)
+    x0 = to_x0(output, prediction, x, alpha, sigma)
+    if clip:
+        x0 = array_namespace(x).clip(x0, min=-1.0, max=1.0)
+        eps = (x - alpha * x0) / sigma
+    else:
+        eps = to_eps(output, prediction, x, alpha, sigma)
+    return Denoised(x0, eps, output)
+
+
+def model_score(model, x, t_in, alpha, sigma, prediction: str, cond: Any = None) -> tuple[Any, Any]:
+    """(score, raw output) of the model at x."""
+    output = call_model(model, x, t_in, cond)
+    return to_score(output, prediction, x, alpha, sigma), output
+
+
+def check_steps(steps: Any, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {steps!r}")
+    return int(steps)
+
+
+def check_choice(value: Any, allowed: tuple, name: str) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def check_positive(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number; got {value!r}") from None
+    if not v > 0 or not np.isfinite(v):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    return v
+
+
+def check_prediction(prediction: str) -> str:
+    return check_choice(prediction, PREDICTIONS, "prediction")

@@ -1,0 +1,176 @@
+"""DDPM ancestral sampling and DDIM, on the full or a respaced schedule.
+
+- DDPM (Ho et al. 2020, Algorithm 2; Improved DDPM's learned variances and respacing):
+  x_{t-1} = mu_theta(x_t, t) + sigma_t z, no noise at the last step.
+- DDIM (Song, Meng & Ermon 2021, eq. 12), written against the process interface, so it runs on
+  GaussianDiffusion and on the SDEs alike:
+  x_next = alpha_next x_0 + sqrt(sigma_next^2 - s^2) eps + s z,
+  s = eta sigma_next sqrt(1 - (alpha sigma_next / (alpha_next sigma))^2).
+  The previous step is the previous *kept* step (never a fixed stride) and the last step goes to
+  alpha = 1, sigma = 0: the output is the final x_0 prediction, with no residual noise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._array import array_namespace
+from ..diffusion import GaussianDiffusion
+from ..parametrization import split_learned_variance, to_x0
+from ._base import (
+    Sampler,
+    call_model,
+    check_choice,
+    check_prediction,
+    denoise,
+    flag_nonfinite,
+    initial_flag,
+)
+from .grid import time_grid
+
+__all__ = ["ddpm", "ddim"]
+
+
+class SampleState(NamedTuple):
+    x: Any
+    bad_step: Any
+
+
+def _init(x_T: Any) -> SampleState:
+    return SampleState(x_T, initial_flag(x_T))
+
+
+def _result(state: SampleState) -> Any:
+    return state.x
+
+
+# ----------------------------------------------------------------------------------------- DDPM
+
+
+class DDPMPlan(NamedTuple):
+    index: np.ndarray
+    t_in: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    coef1: np.ndarray
+    coef2: np.ndarray
+    log_var_min: np.ndarray
+    log_var_max: np.ndarray
+    log_var_fixed: np.ndarray
+    noise_scale: np.ndarray
+    alpha_next: np.ndarray
+    sigma_next: np.ndarray
+
+
+def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, cond=None, prediction=None) -> Sampler:
+    """DDPM ancestral sampling with the process's variance type (fixed_small, fixed_large, learned
+    types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4)."""
+    if not isinstance(process, GaussianDiffusion):
+        raise TypeError(
+            f"the 'ddpm' sampler needs a GaussianDiffusion process; got {type(process).__name__} "
+            "(for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama')"
+        )
+    prediction = check_prediction(prediction or process.model_mean_type)
+    chain = process if steps is None else process.respace(steps, spacing)
+    T = chain.num_timesteps
+    t = np.arange(T - 1, -1, -1)
+    var_type = chain.model_var_type
+    fixed = {
+        "fixed_small": chain.posterior_log_variance_clipped,
+        "fixed_large": chain.fixed_large_log_variance,
+    }.get(var_type, chain.posterior_log_variance_clipped)
+    plan = DDPMPlan(
+        index=np.arange(T),
+        t_in=np.asarray(chain.model_time(t)),
+        alpha=chain.sqrt_alphas_cumprod[t],
+        sigma=chain.sqrt_one_minus_alphas_cumprod[t],
+        coef1=chain.posterior_mean_coef1[t],
+        coef2=chain.posterior_mean_coef2[t],
+        log_var_min=chain.posterior_log_variance_clipped[t],
+        log_var_max=chain.log_betas[t],
+        log_var_fixed=fixed[t],
+        noise_scale=(t > 0).astype(np.float64),
+        alpha_next=np.sqrt(chain.alphas_cumprod_prev[t]),
+        sigma_next=np.sqrt(1.0 - chain.alphas_cumprod_prev[t]),
+    )
+    learned = var_type in ("learned", "learned_range")
+
+    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+        p = DDPMPlan(*plan_i)
+        xp = array_namespace(state.x)
+        x = state.x
+        output = call_model(model, x, p.t_in, cond)
+        if learned:
+            mean_out, var_out = split_learned_variance(output, x.shape[1])
+            if var_type == "learned":
+                log_var = var_out
+            else:
+                frac = (var_out + 1.0) / 2.0
+                log_var = frac * p.log_var_max + (1.0 - frac) * p.log_var_min
+        else:
+            mean_out, log_var = output, p.log_var_fixed
+        x0 = to_x0(mean_out, prediction, x, p.alpha, p.sigma)
+        if clip_denoised:
+            x0 = xp.clip(x0, min=-1.0, max=1.0)
+        mean = p.coef1 * x0 + p.coef2 * x
+        x_next = mean + p.noise_scale * xp.exp(0.5 * log_var) * noise_i[:, 0, ...]
+        return SampleState(x_next, flag_nonfinite(state.bad_step, output, p.index))
+
+    return Sampler("ddpm", plan, _init, step, _result, 1, T, np.asarray(t, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------------------- DDIM
+
+
+class DDIMPlan(NamedTuple):
+    index: np.ndarray
+    t_in: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    alpha_next: np.ndarray
+    sigma_next: np.ndarray
+    c_eps: np.ndarray
+    c_noise: np.ndarray
+
+
+def ddim(
+    model,
+    process,
+    *,
+    steps=50,
+    spacing="linspace",
+    eta=0.0,
+    eps=None,
+    clip_denoised=False,
+    cond=None,
+    prediction=None,
+) -> Sampler:
+    """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance)."""
+    try:
+        eta = float(eta)
+    except (TypeError, ValueError):
+        raise TypeError(f"eta must be a number in [0, 1]; got {eta!r}") from None
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1]; got {eta}")
+    prediction = check_prediction(prediction or getattr(process, "model_mean_type", "eps"))
+    grid = time_grid(process, steps, spacing=spacing, eps=eps)
+    alpha, sigma = grid.alpha, grid.sigma
+    alpha_next = np.append(alpha[1:], 1.0)
+    sigma_next = np.append(sigma[1:], 0.0)
+    ratio = (alpha * sigma_next) / (alpha_next * sigma)
+    c_noise = eta * sigma_next * np.sqrt(np.clip(1.0 - ratio**2, 0.0, None))
+    c_eps = np.sqrt(np.clip(sigma_next**2 - c_noise**2, 0.0, None))
+    n = grid.times.shape[0]
+    plan = DDIMPlan(np.arange(n), grid.t_in, alpha, sigma, alpha_next, sigma_next, c_eps, c_noise)
+
+    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+        p = DDIMPlan(*plan_i)
+        d = denoise(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond, clip_denoised)
+        x_next = p.alpha_next * d.x0 + p.c_eps * d.eps
+        if eta > 0:
+            x_next = x_next + p.c_noise * noise_i[:, 0, ...]
+        return SampleState(x_next, flag_nonfinite(state.bad_step, d.output, p.index))
+
+    return Sampler("ddim", plan, _init, step, _result, 1 if eta > 0 else 0, n, grid.times)

@@ -1,0 +1,350 @@
+"""DDPM ancestral and DDIM samplers, inpainting, guidance, the one-call API and its errors.
+
+Statistical tests on NumPy at fixed seeds against exact samples of an analytic mixture; other
+namespaces replay short trajectories with the same NumPy-made noise (CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffcore
+from diffcore import GaussianDiffusion, get_named_beta_schedule
+from diffcore.analytic import GaussianMixture
+from diffcore.samplers import build, sample
+from diffcore.samplers._base import plan_to
+
+from conftest import load_namespace, to_np, to_xp
+from sampler_utils import energy_distance, exact_samples, two_gaussians_2d
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mix = two_gaussians_2d()
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 1000))
+    refs = [exact_samples(mix, N, seed) for seed in range(1, 5)]
+    floor = max(energy_distance(refs[0], r) for r in refs[1:])
+    return mix, d, refs[0], floor
+
+
+def _dist(setup, name, model=None, process=None, seed=0, **options):
+    mix, d, ref, _ = setup
+    process = process or d
+    model = model or mix.as_model(process, "eps")
+    return energy_distance(sample(name, model, process, (N, 2), seed=seed, **options).x, ref)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("ddpm", {}), ("ddpm", {"steps": 100}), ("ddim", {"steps": 100}), ("ddim", {"steps": 100, "eta": 1.0})],
+)
+def test_samplers_reach_the_target(setup, name, options):
+    floor = setup[3]
+    assert _dist(setup, name, **options) < 3 * floor
+
+
+@pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0})])
+def test_distance_falls_with_steps(setup, name, options):
+    coarse = _dist(setup, name, steps=5, **options)
+    fine = _dist(setup, name, steps=50, **options)
+    assert fine < coarse / 5
+
+
+def test_mutants_fail(setup):
+    """An off-by-one time input and a dropped noise term are visible at 20 steps."""
+    mix, d, ref, floor = setup
+    exact = mix.as_model(d, "eps")
+    good = _dist(setup, "ddpm", steps=20)
+
+    def off_by_one(x, t_in):
+        return exact(x, np.minimum(t_in + 50, 999))  # the network sees the step after the kept one
+
+    assert _dist(setup, "ddpm", model=off_by_one, steps=20) > 3 * good
+    sampler = build("ddpm", exact, d, steps=20)
+    no_noise = sampler._replace(step=lambda s, p, z: sampler.step(s, p, 0.0 * z))
+    x = diffcore.backend("numpy").loop(
+        no_noise.step, no_noise.init(np.random.default_rng(0).standard_normal((N, 2))),
+        plan_to(no_noise.plan, load_namespace("numpy"), np.float64, "cpu"),
+        key=diffcore.backend("numpy").key(0), noise_shape=(N, 1, 2),
+    ).x
+    assert energy_distance(x, ref) > 10 * max(good, floor)
+
+
+def _single_gaussian(d, m=0.7, s=0.4):
+    """Exact eps-model of data N(m, s^2) and the PF-ODE's closed-form map x_T -> x_0."""
+
+    def model(x, t_in):
+        t = d.time_from_model_time(t_in)
+        a = d.sqrt_alphas_cumprod[t][:, None]
+        sg = d.sqrt_one_minus_alphas_cumprod[t][:, None]
+        return sg * (x - a * m) / (a**2 * s**2 + sg**2)
+
+    aT, sT = d.sqrt_alphas_cumprod[-1], d.sqrt_one_minus_alphas_cumprod[-1]
+    flow = lambda xT: m + s / np.sqrt(aT**2 * s**2 + sT**2) * (xT - aT * m)
+    return model, flow
+
+
+def test_ddim_eta0_is_the_probability_flow_map():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("cosine", 1000))
+    model, flow = _single_gaussian(d)
+    xT = np.random.default_rng(0).standard_normal((64, 1))
+    errors = [np.max(np.abs(sample("ddim", model, d, (64, 1), x_T=xT, steps=n).x - flow(xT))) for n in (10, 100, 1000)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 2e-3
+
+
+def test_ddim_uses_the_previous_kept_step_on_uneven_respacing():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 1000))
+    model, flow = _single_gaussian(d)
+    s = build("ddim", model, d, steps="10,15,20")  # uneven: three sections of different strides
+    kept = diffcore.respaced_timesteps(1000, "10,15,20")[::-1]
+    np.testing.assert_allclose(s.plan.alpha, d.sqrt_alphas_cumprod[kept], rtol=1e-14)
+    np.testing.assert_allclose(s.plan.alpha_next[:-1], d.sqrt_alphas_cumprod[kept[1:]], rtol=1e-14)
+    assert s.plan.alpha_next[-1] == 1.0 and s.plan.sigma_next[-1] == 0.0  # the last step goes to abar = 1
+    np.testing.assert_array_equal(s.plan.t_in, kept)
+    # a fixed-stride "previous step" (the bug of other libraries) is visibly worse on the exact map
+    xT = np.random.default_rng(1).standard_normal((32, 1))
+    good = np.max(np.abs(sample("ddim", model, d, (32, 1), x_T=xT, steps="10,15,20").x - flow(xT)))
+    stride = 1000 // 45
+    wrong_prev = np.clip(kept - stride, 0, None)
+    bad_plan = s.plan._replace(
+        alpha_next=np.append(d.sqrt_alphas_cumprod[wrong_prev[:-1]], 1.0),
+        sigma_next=np.append(d.sqrt_one_minus_alphas_cumprod[wrong_prev[:-1]], 0.0),
+        c_eps=np.append(d.sqrt_one_minus_alphas_cumprod[wrong_prev[:-1]], 0.0),
+    )
+    x = _replay(s._replace(plan=bad_plan), xT, [np.zeros((32, 1, 1))] * len(kept), load_namespace("numpy"))[0]
+    assert np.max(np.abs(x - flow(xT))) > 2 * good
+
+
+def _replay(sampler, x_T, noises, xp, jit=False):
+    """Run a sampler's steps with given NumPy-made noise in namespace ``xp`` (jit on JAX if asked)."""
+    X = lambda a: to_xp(a, xp)
+    plan = plan_to(sampler.plan, xp, xp.float64, None)
+
+    def run(x_T, plan, noises):
+        state = sampler.init(x_T)
+        for i in range(len(noises)):
+            state = sampler.step(state, tuple(p[i] for p in plan), noises[i])
+        return sampler.result(state), state.bad_step
+
+    if jit:
+        import jax
+
+        run = jax.jit(run)
+    return run(X(x_T), plan, [X(z) for z in noises])
+
+
+def test_same_trajectories_on_every_namespace(xp):
+    _check_trajectories(xp, jit=False)
+
+
+def test_same_trajectories_under_jax_jit():
+    _check_trajectories(load_namespace("jax"), jit=True)
+
+
+def _check_trajectories(xp, jit):
+    d = GaussianDiffusion(betas=get_named_beta_schedule("cosine", 100), model_var_type="learned_range")
+    mix = two_gaussians_2d()
+    rng = np.random.default_rng(3)
+    xT = rng.standard_normal((4, 2))
+    eps_model = mix.as_model(d, "eps")
+
+    def learned(x, t_in):
+        n = array_ns(x)
+        return n.concat([eps_model(x, t_in), 0.3 * n.tanh(x)], axis=1)
+
+    array_ns = lambda a: diffcore._array.array_namespace(a)
+    mask = np.array([[1.0, 0.0]])
+    known = np.array([[0.5, 0.0]])
+    cases = [
+        (build("ddpm", learned, d, steps=5), 1),
+        (build("ddim", eps_model, d, steps=5, eta=0.5), 1),
+    ]
+    for s, draws in cases:
+        noises = [rng.standard_normal((4, draws, 2)) for _ in range(5)]
+        ref = _replay(s, xT, noises, load_namespace("numpy"))[0]
+        got, bad = _replay(s, xT, noises, xp, jit=jit)
+        np.testing.assert_allclose(to_np(got), ref, rtol=1e-10, atol=1e-12)
+        assert int(bad) == -1
+        ip = diffcore.samplers.inpaint(s, to_xp(mask, xp), to_xp(known, xp), (4, 2))
+        noises = [rng.standard_normal((4, draws + 1, 2)) for _ in range(5)]
+        ref_ip = diffcore.samplers.inpaint(s, mask, known, (4, 2))
+        want = _replay(ref_ip, xT, noises, load_namespace("numpy"))[0]
+        got = _replay(ip, xT, noises, xp, jit=jit)[0]
+        np.testing.assert_allclose(to_np(got), want, rtol=1e-10, atol=1e-12)
+
+
+def test_backends_run_the_one_call_api():
+    pytest.importorskip("diffcore_torch")
+    pytest.importorskip("diffcore_jax")
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    mix = two_gaussians_2d()
+    xT = np.random.default_rng(4).standard_normal((8, 2))
+    ref = sample("ddim", mix.as_model(d, "eps"), d, (8, 2), x_T=xT, steps=10).x
+    for name in ("torch", "jax"):
+        bk = diffcore.backend(name)
+        x_T = bk.xp.asarray(xT)
+        r = sample("ddim", mix.as_model(d, "eps"), d, (8, 2), backend=bk, x_T=x_T, steps=10)
+        assert r.nfe == 10
+        np.testing.assert_allclose(to_np(r.x), ref, rtol=1e-6, atol=1e-8)
+        # stochastic: the backend's own generator, per-sample seeds independent of the batch
+        ids = np.arange(8)
+        full = sample("ddpm", mix.as_model(d, "eps"), d, (8, 2), backend=bk, seed=5, sample_ids=bk.xp.asarray(ids))
+        one = sample("ddpm", mix.as_model(d, "eps"), d, (1, 2), backend=bk, seed=5, sample_ids=bk.xp.asarray(ids[3:4]))
+        np.testing.assert_allclose(to_np(one.x)[0], to_np(full.x)[3], rtol=1e-5, atol=1e-6)
+
+
+def test_per_sample_seeds_make_samples_independent_of_the_batch():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 50))
+    model = two_gaussians_2d().as_model(d, "eps")
+    full = sample("ddpm", model, d, (8, 2), seed=3, sample_ids=np.arange(8)).x
+    for i in (0, 5):
+        one = sample("ddpm", model, d, (1, 2), seed=3, sample_ids=np.array([i])).x
+        np.testing.assert_array_equal(one[0], full[i])
+
+
+# ------------------------------------------------------------------------------------ inpainting
+
+
+def _gaussian_eps_model(d, cov):
+    """Exact eps model of data N(0, cov): eps = sigma (alpha^2 cov + sigma^2 I)^-1 x."""
+    cov = np.asarray(cov)
+
+    def model(x, t_in):
+        t = d.time_from_model_time(t_in)
+        a2 = d.alphas_cumprod[t][:, None, None]
+        s2 = 1.0 - a2
+        prec = np.linalg.inv(a2 * cov + s2 * np.eye(cov.shape[0]))
+        return np.sqrt(s2)[:, :, 0] * np.einsum("bij,bj->bi", prec, x)
+
+    return model
+
+
+@pytest.mark.parametrize("name, options", [("ddpm", {"steps": 200}), ("ddim", {"steps": 200, "eta": 1.0})])
+def test_inpainting_independent_parts_are_exact(name, options):
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 1000))
+    cov = np.diag([0.5, 0.3]) ** 2
+    model = _gaussian_eps_model(d, cov)
+    known = np.array([[0.8, 0.0]])
+    mask = np.array([[1.0, 0.0]])
+    x = sample(name, model, d, (N, 2), seed=1, mask=mask, known=known, **options).x
+    np.testing.assert_array_equal(x[:, 0], 0.8)  # the known part is the clean observation
+    ref = np.random.default_rng(9).normal(0, 0.3, size=N)
+    floor = energy_distance(np.random.default_rng(10).normal(0, 0.3, size=(N, 1)), ref[:, None])
+    assert energy_distance(x[:, 1:], ref[:, None]) < 3 * max(floor, 1e-4)
+
+
+def test_inpainting_on_a_correlated_gaussian_is_an_approximation():
+    """Measured, not hidden: the projection method misses the exact conditional when parts correlate."""
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 1000))
+    rho = 0.9
+    cov = np.array([[1.0, rho], [rho, 1.0]]) * 0.25
+    known = np.array([[0.8, 0.0]])
+    x = sample("ddpm", _gaussian_eps_model(d, cov), d, (N, 2), seed=2, mask=np.array([[1.0, 0.0]]), known=known, steps=200).x
+    np.testing.assert_array_equal(x[:, 0], 0.8)
+    exact_mean, exact_std = rho * 0.8, np.sqrt(0.25 * (1 - rho**2))
+    mean_err, std_err = x[:, 1].mean() - exact_mean, x[:, 1].std() - exact_std
+    print(f"\nprojection inpainting, rho={rho}: conditional mean error {mean_err:+.4f} (exact {exact_mean:.4f}), "
+          f"std error {std_err:+.4f} (exact {exact_std:.4f})")
+    # the unknown part follows the known one (most of the correlation is recovered) ...
+    assert x[:, 1].mean() > 0.5 * exact_mean
+    assert np.isfinite(mean_err) and np.isfinite(std_err)
+
+
+# ------------------------------------------------------------------------------------- guidance
+
+
+def _conditional_mixture_model(mix, d):
+    """model(x, t_in, cond): cond = k selects component k; cond = None (or -1) is the whole mixture."""
+    comps = [GaussianMixture(np.array([1.0]), mix.means[k : k + 1], mix.stds[k : k + 1]) for k in range(2)]
+
+    def model(x, t_in, cond=None):
+        if cond is None:
+            return mix.as_model(d, "eps")(x, t_in)
+        outs = np.stack([c.as_model(d, "eps")(x, t_in) for c in comps])
+        return np.where(np.asarray(cond)[None, :, None] == np.arange(2)[:, None, None], outs, 0).sum(0)
+
+    return model, comps
+
+
+def test_classifier_free_guidance_mixes_predictions():
+    mix = two_gaussians_2d()
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    model, comps = _conditional_mixture_model(mix, d)
+    x = np.random.default_rng(0).standard_normal((6, 2))
+    t_in = np.full(6, 40)
+    cond = np.array([0, 1, 0, 1, 1, 0])
+    for guide in ("eps", "x0"):
+        g1 = diffcore.samplers.control.classifier_free_guidance(model, d, 1.0, guide=guide)
+        np.testing.assert_allclose(g1(x, t_in, cond), model(x, t_in, cond), rtol=1e-12)
+        g0 = diffcore.samplers.control.classifier_free_guidance(model, d, 0.0, guide=guide)
+        np.testing.assert_allclose(g0(x, t_in, cond), model(x, t_in), rtol=1e-12, atol=1e-14)
+        g3 = diffcore.samplers.control.classifier_free_guidance(model, d, 3.0, guide=guide)
+        u, c = model(x, t_in), model(x, t_in, cond)
+        np.testing.assert_allclose(g3(x, t_in, cond), u + 3.0 * (c - u), rtol=1e-10)  # eps and x0 are affine in each other
+    # the guided model samples the conditional component at scale 1
+    g = diffcore.samplers.control.classifier_free_guidance(model, d, 1.0)
+    out = sample("ddim", g, d, (N, 2), seed=0, steps=50, cond=np.zeros(N, dtype=int)).x
+    ref = exact_samples(comps[0], N, 1)
+    assert energy_distance(out, ref) < 0.01
+    with pytest.raises(TypeError, match="needs a conditional model"):
+        diffcore.samplers.control.classifier_free_guidance(lambda x, t: x, d, 2.0)
+
+
+def test_classifier_guidance_recovers_the_class_conditional_score():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffcore_torch")
+    mix = two_gaussians_2d()
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    _, comps = _conditional_mixture_model(mix, d)
+    logw = torch.tensor(np.log(mix.weights))
+
+    def classifier(x, t_in, y):
+        # exact log p_t(y | x) by Bayes: log w_y + log p_t(x | y) - log p_t(x)
+        t = d.time_from_model_time(t_in)
+        lp = torch.stack([comps[k].marginal_log_prob(x, t, d) for k in range(2)], dim=1) + logw
+        return lp.gather(1, y[:, None])[:, 0] - torch.logsumexp(lp, dim=1)
+
+    guided = diffcore.samplers.control.classifier_guidance(
+        mix.as_model(d, "eps"), d, classifier, 1.0, backend=diffcore.backend("torch")
+    )
+    x = torch.tensor(np.random.default_rng(1).standard_normal((5, 2)))
+    t_in = torch.full((5,), 30)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    want = np.where(y.numpy()[:, None] == 0, comps[0].as_model(d, "eps")(x, t_in).numpy(), comps[1].as_model(d, "eps")(x, t_in).numpy())
+    np.testing.assert_allclose(guided(x, t_in, y).numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def test_nonfinite_output_names_step_and_time():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+
+    def blows_up(x, t_in):
+        return np.where(t_in[:, None] < 50, np.nan, 0.0 * x)
+
+    with pytest.raises(FloatingPointError, match=r"non-finite value at step 50 \(time 49 "):
+        sample("ddpm", blows_up, d, (3, 2))
+
+
+def test_bad_input():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    model = lambda x, t: x
+    with pytest.raises(ValueError, match="unknown sampler 'dddim'; valid samplers: .*ddim.*ddpm"):
+        sample("dddim", model, d, (2, 2))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1|num_steps"):
+        sample("ddim", model, d, (2, 2), steps=0)
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]; got 1.5"):
+        sample("ddim", model, d, (2, 2), eta=1.5)
+    with pytest.raises(ValueError, match=r"mask of shape \(3,\) does not broadcast to the sample shape \(2, 2\)"):
+        sample("ddim", model, d, (2, 2), mask=np.ones(3), known=np.ones(2))
+    with pytest.raises(ValueError, match="needs both mask and known"):
+        sample("ddim", model, d, (2, 2), mask=np.ones(2))
+    with pytest.raises(TypeError, match="needs a GaussianDiffusion"):
+        sample("ddpm", model, diffcore.VPSDE(), (2, 2))
+    with pytest.raises(ValueError, match="shape must be a non-empty tuple"):
+        sample("ddim", model, d, ())
