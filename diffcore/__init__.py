@@ -4,7 +4,7 @@ Python Array API standard and run on NumPy, array-api-strict, PyTorch and JAX.
 ``import diffcore`` imports no framework: backends are loaded only by :func:`diffcore.backend`.
 """
 
-from . import autodiff, losses, parametrization, samplers, score_matching, sde
+from . import analytic, autodiff, losses, parametrization, samplers, score_matching, sde
 from .samplers import SampleResult, build as build_sampler, sample
 from .backend import Backend, NumPyBackend, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance

@@ -24,6 +24,7 @@ __all__ = [
     "to_eps",
     "to_score",
     "to_v",
+    "to_scaled_score",
 ]
 
 #: "scaled_score" is NCSNv2's network output net(x) = sigma * score (Song & Ermon 2020), i.e. -eps.
@@ -113,6 +114,14 @@ def to_v(output, prediction: str, x_t, alpha, sigma):
     eps = to_eps(output, prediction, x_t, alpha, sigma)
     x0 = output if prediction == "x0" else x0_from_eps(x_t, eps, alpha, sigma)
     return v_from_eps_x0(eps, x0, alpha, sigma)
+
+
+def to_scaled_score(output, prediction: str, x_t, alpha, sigma):
+    """NCSNv2's sigma * score implied by a network output of kind ``prediction``."""
+    check_prediction(prediction)
+    if prediction == "scaled_score":
+        return output
+    return -to_eps(output, prediction, x_t, alpha, sigma)
 
 
 def split_learned_variance(model_output, channels: int) -> tuple[Any, Any]:
