@@ -6,7 +6,7 @@ Python Array API standard and run on NumPy, array-api-strict, PyTorch and JAX.
 
 from . import analytic, autodiff, losses, parametrization, samplers, score_matching, sde
 from .samplers import SampleResult, build as build_sampler, sample
-from .backend import Backend, NumPyBackend, available_backends, backend, backend_for
+from .backend import Backend, LoopError, NumPyBackend, StepBudgetExceeded, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .sde import VESDE, VPSDE, subVPSDE
 from .process import Process, marginal_coefficients, marginal_sample

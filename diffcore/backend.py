@@ -3,10 +3,12 @@
 A backend supplies its array namespace, random numbers from its own keys or generators, loop
 drivers, autodiff hooks and devices. Backends are found through the entry-point group
 ``diffcore.backends`` and selected with :func:`backend`; a third party adds one by registering an
-entry point, without touching diffcore.
+entry point, without touching diffcore (docs/backends.md).
 
 Keys are opaque to the core: a backend makes them with ``key(seed)`` and derives per-step keys
-with ``fold_in(key, i)``, so that nobody pre-draws T x B x D noise.
+with ``fold_in(key, i)``, so that nobody pre-draws T x B x D noise. With ``sample_ids``, row ``b``
+of a draw comes from ``fold_in(key, sample_ids[b])``, so a sample does not depend on the batch it
+was drawn in (EDM's per-sample seeds).
 """
 
 from __future__ import annotations
@@ -19,7 +21,23 @@ import numpy as np
 import array_api_compat
 import array_api_compat.numpy as np_xp
 
-__all__ = ["Backend", "NumPyBackend", "backend", "available_backends", "backend_for", "LoopError", "StepBudgetExceeded"]
+__all__ = [
+    "Backend",
+    "NumPyBackend",
+    "backend",
+    "available_backends",
+    "backend_for",
+    "LoopError",
+    "StepBudgetExceeded",
+    "python_loop",
+    "python_while_loop",
+    "check_state_unchanged",
+    "plan_length",
+    "check_shape",
+    "check_loop_args",
+    "per_sample_rows",
+    "mix64",
+]
 
 ENTRY_POINT_GROUP = "diffcore.backends"
 
@@ -47,6 +65,10 @@ class Backend(Protocol):
     ``step(state, plan_i, noise_i) -> state``: ``state`` is a NamedTuple (a pytree under JAX),
     ``plan_i`` the i-th entries of a tuple of 1-D arrays computed before the loop, ``noise_i``
     the i-th step's noise drawn by the backend from ``fold_in(key, i)`` (None if no noise shape).
+
+    Random draws: ``dtype=None`` is the framework's default floating dtype; ``device=None`` its
+    default device. ``sample_ids`` (1-D integers, one per row of ``shape[0]``) draws row ``b``
+    from ``fold_in(key, sample_ids[b])`` with shape ``shape[1:]``.
     """
 
     name: str
@@ -57,18 +79,24 @@ class Backend(Protocol):
 
     # random numbers -------------------------------------------------------------------------
     def key(self, seed: int) -> Any:
-        """A fresh key / generator state from an integer seed."""
+        """A fresh key from a non-negative integer seed."""
 
-    def fold_in(self, key: Any, data: int) -> Any:
+    def fold_in(self, key: Any, data: Any) -> Any:
         """A new key derived deterministically from ``key`` and the integer ``data``."""
 
-    def normal(self, key: Any, shape: Sequence[int], dtype: Any = None) -> Any:
+    def normal(
+        self, key: Any, shape: Sequence[int], dtype: Any = None, *, sample_ids: Any = None, device: Any = None
+    ) -> Any:
         """Standard normal draws."""
 
-    def rademacher(self, key: Any, shape: Sequence[int], dtype: Any = None) -> Any:
+    def rademacher(
+        self, key: Any, shape: Sequence[int], dtype: Any = None, *, sample_ids: Any = None, device: Any = None
+    ) -> Any:
         """Draws of +-1 with equal probability."""
 
-    def uniform(self, key: Any, shape: Sequence[int], dtype: Any = None) -> Any:
+    def uniform(
+        self, key: Any, shape: Sequence[int], dtype: Any = None, *, sample_ids: Any = None, device: Any = None
+    ) -> Any:
         """Uniform draws on [0, 1)."""
 
     # loop drivers ---------------------------------------------------------------------------
@@ -80,9 +108,15 @@ class Backend(Protocol):
         *,
         key: Any = None,
         noise_shape: Sequence[int] | None = None,
+        sample_ids: Any = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Any:
-        """Run ``step`` over every entry of ``plan`` and return the final state."""
+        """Run ``step`` over every entry of ``plan`` and return the final state.
+
+        Step ``i`` gets ``noise_i = normal(fold_in(key, i), noise_shape, sample_ids=sample_ids)``
+        in the dtype and on the device of the state's first floating field.
+        ``progress(done, total)`` is called as the loop advances.
+        """
 
     def while_loop(
         self,
@@ -107,6 +141,79 @@ class Backend(Protocol):
     def jvp(self, f: Callable[[Any], Any], x: Any, v: Any) -> tuple[Any, Any]:
         """(f(x), J_f(x) v)."""
 
+    # devices --------------------------------------------------------------------------------
+    def devices(self) -> list:
+        """The devices this backend can place arrays on (CPU first)."""
+
+    def device(self, spec: Any = None) -> Any:
+        """The device object for ``spec`` ("cpu", "cuda", "cuda:1", a device; None: the default)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# random-number helpers shared by the eager backends
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def mix64(state: int, data: int) -> int:
+    """A 64-bit key state derived from ``state`` and ``data`` (splitmix64; order-sensitive)."""
+    return _splitmix64(state ^ _splitmix64(int(data) & _M64))
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return int(seed)
+
+
+def check_shape(shape: Any, sample_ids: Any = None) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints; with ``sample_ids``, one id per row of shape[0]."""
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of non-negative integers; got {shape!r}") from None
+    if any(s < 0 for s in out):
+        raise ValueError(f"shape must be a sequence of non-negative integers; got {shape!r}")
+    if sample_ids is not None:
+        ids_shape = tuple(getattr(sample_ids, "shape", (len(sample_ids),)))
+        if len(ids_shape) != 1:
+            raise ValueError(f"sample_ids must be 1-D (one id per example); got shape {ids_shape}")
+        if not out or out[0] != ids_shape[0]:
+            raise ValueError(
+                f"sample_ids has {ids_shape[0]} entries, but shape {out} needs one per row of its first axis"
+            )
+    return out
+
+
+def per_sample_rows(bk: Any, method: str, key: Any, shape: tuple, dtype: Any, sample_ids: Any, device: Any):
+    """Row b of the draw ``bk.<method>(fold_in(key, sample_ids[b]), shape[1:])``, stacked (eager)."""
+    ids = sample_ids.tolist() if hasattr(sample_ids, "tolist") else list(sample_ids)
+    draw = getattr(bk, method)
+    rows = [draw(bk.fold_in(key, int(i)), shape[1:], dtype, device=device) for i in ids]
+    if not rows:
+        return draw(key, shape, dtype, device=device)
+    return array_api_compat.array_namespace(rows[0]).stack(rows, axis=0)
+
+
+def _is_strict(obj: Any) -> bool:
+    return type(obj).__module__.startswith("array_api_strict")
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """NumPy's dtype for ``dtype`` (a NumPy dtype or one of array_api_strict's); None is float64."""
+    if dtype is None:
+        return np.dtype(np.float64)
+    if _is_strict(dtype):
+        return np.dtype(str(dtype).rsplit(".", 1)[-1])
+    return np.dtype(dtype)
+
 
 class _NumPyKey(NamedTuple):
     """A counter-based key: the seed and the path of fold_in data that led to it."""
@@ -115,11 +222,20 @@ class _NumPyKey(NamedTuple):
     path: tuple[int, ...] = ()
 
 
+def _check_numpy_key(key: Any) -> _NumPyKey:
+    if not isinstance(key, _NumPyKey):
+        raise TypeError(f"key must come from NumPyBackend.key(seed) or fold_in; got {type(key).__name__}")
+    return key
+
+
 class NumPyBackend:
     """The NumPy reference backend: eager loops, NumPy random numbers, no autodiff.
 
+    Keys are (seed, fold_in path) pairs fed to ``np.random.SeedSequence(seed, spawn_key=path)``.
+    It also serves array_api_strict (NumPy underneath): a strict dtype or device in a draw, or a
+    strict state in a loop, gets its noise as array_api_strict arrays.
     ``stop_gradient`` is the identity (NumPy has no gradients to stop); ``grad``, ``vjp`` and
-    ``jvp`` raise and name the backends that have them.
+    ``jvp`` raise and name the backends that have them. The only device is "cpu".
     """
 
     name = "numpy"
@@ -130,29 +246,45 @@ class NumPyBackend:
 
     # random numbers -------------------------------------------------------------------------
     def key(self, seed: int) -> _NumPyKey:
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-        return _NumPyKey(int(seed))
+        return _NumPyKey(check_seed(seed))
 
-    def fold_in(self, key: _NumPyKey, data: int) -> _NumPyKey:
+    def fold_in(self, key: _NumPyKey, data: Any) -> _NumPyKey:
+        key = _check_numpy_key(key)
         return _NumPyKey(key.seed, key.path + (int(data),))
 
     def _generator(self, key: _NumPyKey) -> np.random.Generator:
+        key = _check_numpy_key(key)
         return np.random.default_rng(np.random.SeedSequence(key.seed, spawn_key=key.path))
 
-    def normal(self, key: _NumPyKey, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
-        return self._generator(key).standard_normal(tuple(shape)).astype(dtype or np.float64, copy=False)
+    def _draw(self, method, draw, key, shape, dtype, sample_ids, device):
+        shape = check_shape(shape, sample_ids)
+        device = self.device(device)
+        if sample_ids is not None:
+            return per_sample_rows(self, method, key, shape, dtype, sample_ids, device)
+        out = np.asarray(draw(self._generator(key), shape)).astype(_numpy_dtype(dtype), copy=False)
+        if _is_strict(device) or _is_strict(dtype):
+            # array_api_strict wraps NumPy: its arrays get NumPy's draws in their own namespace
+            import array_api_strict
 
-    def rademacher(self, key: _NumPyKey, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
-        bits = self._generator(key).integers(0, 2, size=tuple(shape))
-        return (2 * bits - 1).astype(dtype or np.float64)
+            return array_api_strict.asarray(out, device=device if _is_strict(device) else None)
+        return out
 
-    def uniform(self, key: _NumPyKey, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
-        return self._generator(key).random(tuple(shape)).astype(dtype or np.float64, copy=False)
+    def normal(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> np.ndarray:
+        return self._draw("normal", lambda g, s: g.standard_normal(s), key, shape, dtype, sample_ids, device)
+
+    def rademacher(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> np.ndarray:
+        return self._draw(
+            "rademacher", lambda g, s: 2.0 * g.integers(0, 2, size=s) - 1.0, key, shape, dtype, sample_ids, device
+        )
+
+    def uniform(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> np.ndarray:
+        return self._draw("uniform", lambda g, s: g.random(s), key, shape, dtype, sample_ids, device)
 
     # loop drivers ---------------------------------------------------------------------------
-    def loop(self, step, state, plan, *, key=None, noise_shape=None, progress=None):
-        return python_loop(self, step, state, plan, key=key, noise_shape=noise_shape, progress=progress)
+    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None):
+        return python_loop(
+            self, step, state, plan, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=progress
+        )
 
     def while_loop(self, cond, body, state, *, max_steps):
         return python_while_loop(cond, body, state, max_steps=max_steps)
@@ -176,8 +308,23 @@ class NumPyBackend:
     def jvp(self, f, x, v):
         self._no_autodiff("jvp")
 
+    # devices --------------------------------------------------------------------------------
+    def devices(self) -> list:
+        return ["cpu"]
+
+    def device(self, spec: Any = None) -> Any:
+        if spec is None or (isinstance(spec, str) and spec == "cpu"):
+            return "cpu"
+        if _is_strict(spec):  # array_api_strict's devices are NumPy's CPU under another name
+            return spec
+        raise ValueError(f"device {spec!r} is not available on the numpy backend; available: ['cpu']")
+
     def __repr__(self) -> str:
         return "NumPyBackend()"
+
+
+# ---------------------------------------------------------------------------------------------
+# loop drivers shared by the eager backends, and the state checks every driver uses
 
 
 def _leaf_signature(x: Any) -> tuple:
@@ -186,51 +333,103 @@ def _leaf_signature(x: Any) -> tuple:
     return (tuple(shape) if shape is not None else None, str(dtype) if dtype is not None else type(x).__name__)
 
 
-def check_state_unchanged(before: Any, after: Any, step_index: int) -> None:
-    """Raise LoopError naming the first field whose structure, shape or dtype changed."""
+def _describe(where: str | int) -> str:
+    return f"step {where}" if isinstance(where, int) else where
+
+
+def _same_signature(before: Any, after: Any) -> bool:
+    """Cheap equality of structure, shapes and dtypes (no strings built); False may be spurious."""
+    if type(before) is not type(after):
+        return False
+    if isinstance(before, (tuple, list)):
+        return len(before) == len(after) and all(_same_signature(b, a) for b, a in zip(before, after))
+    if isinstance(before, dict):
+        return before.keys() == after.keys() and all(_same_signature(before[k], after[k]) for k in before)
+    try:
+        return bool(before.shape == after.shape and before.dtype == after.dtype)
+    except AttributeError:
+        return not hasattr(before, "shape") and not hasattr(after, "shape")
+
+
+def check_state_unchanged(before: Any, after: Any, step_index: int | str, path: str = "") -> None:
+    """Raise LoopError naming the first field whose structure, shape or dtype changed.
+
+    Works on NamedTuples (nested ones too: fields are named ``outer.inner``), tuples, lists and
+    dicts of arrays, and on anything with ``shape`` and ``dtype`` (``jax.ShapeDtypeStruct``).
+    ``step_index`` names where it happened: a step number or a phrase.
+    """
+    if _same_signature(before, after):  # the fast path: nothing to report
+        return
+    where = _describe(step_index)
     fields = getattr(type(before), "_fields", None)
-    if fields is not None:
+    if fields is not None or isinstance(before, (tuple, list, dict)):
         if type(after) is not type(before):
+            what = f"state field {path!r}" if path else "the state"
             raise LoopError(
-                f"step {step_index} returned a {type(after).__name__}, expected {type(before).__name__}"
+                f"{where} returned a {type(after).__name__} for {what}, expected {type(before).__name__}"
             )
-        for name in fields:
-            a, b = getattr(before, name), getattr(after, name)
-            if _leaf_signature(a) != _leaf_signature(b):
-                raise LoopError(
-                    f"step {step_index} changed state field {name!r}: shape/dtype "
-                    f"{_leaf_signature(a)} became {_leaf_signature(b)}"
-                )
+        if fields is not None:
+            items = [(name, getattr(before, name), getattr(after, name)) for name in fields]
+        elif isinstance(before, dict):
+            if set(before) != set(after):
+                raise LoopError(f"{where} changed the keys of {path or 'the state'}: {sorted(before)} became {sorted(after)}")
+            items = [(str(k), before[k], after[k]) for k in before]
+        else:
+            if len(before) != len(after):
+                raise LoopError(f"{where} changed the length of {path or 'the state'}: {len(before)} became {len(after)}")
+            items = [(str(i), b, a) for i, (b, a) in enumerate(zip(before, after))]
+        for name, b, a in items:
+            check_state_unchanged(b, a, step_index, f"{path}.{name}" if path else name)
         return
     if _leaf_signature(before) != _leaf_signature(after):
+        what = f"state field {path!r}" if path else "the state"
         raise LoopError(
-            f"step {step_index} changed the state: shape/dtype {_leaf_signature(before)} "
-            f"became {_leaf_signature(after)}"
+            f"{where} changed {what}: shape/dtype {_leaf_signature(before)} became {_leaf_signature(after)}"
         )
 
 
 def plan_length(plan: tuple) -> int:
     if not isinstance(plan, tuple) or not plan:
-        raise ValueError("plan must be a non-empty tuple of 1-D arrays of equal length")
+        raise ValueError(f"plan must be a non-empty tuple of 1-D arrays of equal length; got {type(plan).__name__}")
+    if any(getattr(p, "ndim", None) != 1 for p in plan):
+        raise ValueError(
+            f"plan must be a tuple of 1-D arrays of equal length; got shapes {[tuple(getattr(p, 'shape', ())) for p in plan]}"
+        )
     lengths = {int(p.shape[0]) for p in plan}
-    if any(p.ndim != 1 for p in plan) or len(lengths) != 1:
+    if len(lengths) != 1:
         raise ValueError(
             f"plan must be a tuple of 1-D arrays of equal length; got shapes {[tuple(p.shape) for p in plan]}"
         )
     return lengths.pop()
 
 
-def python_loop(bk, step, state, plan, *, key=None, noise_shape=None, progress=None, step_fn=None):
-    """The eager driver shared by the NumPy and torch backends: a plain Python loop."""
+def check_loop_args(plan: tuple, key: Any, noise_shape: Any, sample_ids: Any) -> tuple[int, tuple | None]:
+    """(number of steps, noise shape as a tuple or None) after checking a driver's arguments."""
     n = plan_length(plan)
-    if noise_shape is not None and key is None:
-        raise ValueError("key is required when noise_shape is given")
+    if noise_shape is not None:
+        if key is None:
+            raise ValueError("key is required when noise_shape is given")
+        noise_shape = check_shape(noise_shape, sample_ids)
+    elif sample_ids is not None:
+        raise ValueError("sample_ids needs noise_shape (it seeds the rows of each step's noise)")
+    return n, noise_shape
+
+
+def python_loop(
+    bk, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, step_fn=None
+):
+    """The eager driver shared by the NumPy and torch backends: a plain Python loop.
+
+    ``step_fn`` (e.g. ``torch.compile(step)``), when given, runs in place of ``step``.
+    """
+    n, noise_shape = check_loop_args(plan, key, noise_shape, sample_ids)
     run = step_fn or step
+    dtype, device = _state_dtype(state), _state_device(state)
     for i in range(n):
         plan_i = tuple(p[i] for p in plan)
         noise_i = None
         if noise_shape is not None:
-            noise_i = bk.normal(bk.fold_in(key, i), noise_shape, dtype=_state_dtype(state))
+            noise_i = bk.normal(bk.fold_in(key, i), noise_shape, dtype, sample_ids=sample_ids, device=device)
         new_state = run(state, plan_i, noise_i)
         check_state_unchanged(state, new_state, i)
         state = new_state
@@ -239,17 +438,26 @@ def python_loop(bk, step, state, plan, *, key=None, noise_shape=None, progress=N
     return state
 
 
-def python_while_loop(cond, body, state, *, max_steps):
-    if not isinstance(max_steps, int) or max_steps < 1:
+def check_max_steps(max_steps: Any) -> int:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    return int(max_steps)
+
+
+def budget_message(steps: int, max_steps: int) -> str:
+    return (
+        f"while-loop exceeded its step budget: {steps} steps reached (max_steps={max_steps}) "
+        "and its condition still holds"
+    )
+
+
+def python_while_loop(cond, body, state, *, max_steps):
+    """The eager bounded while-loop: ``body`` at most ``max_steps`` times, then StepBudgetExceeded."""
+    max_steps = check_max_steps(max_steps)
     steps = 0
     while bool(cond(state)):
         if steps >= max_steps:
-            raise StepBudgetExceeded(
-                f"while-loop exceeded its step budget: {steps} steps reached (max_steps={max_steps})",
-                steps=steps,
-                state=state,
-            )
+            raise StepBudgetExceeded(budget_message(steps, max_steps), steps=steps, state=state)
         new_state = body(state)
         check_state_unchanged(state, new_state, steps)
         state = new_state
@@ -257,18 +465,40 @@ def python_while_loop(cond, body, state, *, max_steps):
     return state
 
 
+def _leaves(state: Any):
+    if isinstance(state, dict):
+        for v in state.values():
+            yield from _leaves(v)
+    elif isinstance(state, (tuple, list)):
+        for v in state:
+            yield from _leaves(v)
+    elif state is not None:
+        yield state
+
+
+def _first_float_leaf(state: Any) -> Any:
+    for leaf in _leaves(state):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            continue
+        try:
+            if array_api_compat.array_namespace(leaf).isdtype(dtype, "real floating"):
+                return leaf
+        except TypeError:
+            continue
+    return None
+
+
 def _state_dtype(state: Any) -> Any:
     """The dtype of the first floating array in a state (the dtype of its noise)."""
-    leaves = state if isinstance(state, tuple) else (state,)
-    for leaf in leaves:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is not None:
-            try:
-                if array_api_compat.array_namespace(leaf).isdtype(dtype, "real floating"):
-                    return dtype
-            except TypeError:
-                continue
-    return None
+    leaf = _first_float_leaf(state)
+    return None if leaf is None else leaf.dtype
+
+
+def _state_device(state: Any) -> Any:
+    """The device of the first floating array in a state (where its noise is drawn)."""
+    leaf = _first_float_leaf(state)
+    return None if leaf is None else array_api_compat.device(leaf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +514,18 @@ def available_backends() -> list[str]:
     return sorted(set(_entry_points()) | {"numpy"})
 
 
+def _install_hint(name: str, ep: Any = None) -> str:
+    if name in _EXTRAS:
+        return f"pip install 'diffcore[{_EXTRAS[name]}]'"
+    dist = getattr(getattr(ep, "dist", None), "name", None)
+    return f"pip install '{dist}'" if dist else f"install the package that provides backend {name!r}"
+
+
 @functools.lru_cache(maxsize=None)
 def backend(name: str = "numpy") -> Backend:
     """The backend registered under ``name`` in the ``diffcore.backends`` entry-point group.
+
+    The framework is imported here, not by ``import diffcore``.
 
     >>> diffcore.backend("numpy").name
     'numpy'
@@ -300,20 +539,28 @@ def backend(name: str = "numpy") -> Backend:
         known = ", ".join(repr(n) for n in available_backends())
         hint = ""
         if name in _EXTRAS:
-            hint = f"; install it with: pip install 'diffcore[{_EXTRAS[name]}]' (and the backends/diffcore_{name} package)"
+            hint = f"; install it with: {_install_hint(name)} and the backends/diffcore_{name} package"
         raise ValueError(f"unknown backend {name!r}; known backends: {known}{hint}")
     try:
         factory = eps[name].load()
     except ImportError as exc:
-        extra = _EXTRAS.get(name, name)
         raise ImportError(
             f"backend {name!r} needs a framework that is not installed ({exc}); "
-            f"install it with: pip install 'diffcore[{extra}]'"
+            f"install it with: {_install_hint(name, eps[name])}"
         ) from exc
     obj = factory() if callable(factory) and isinstance(factory, type) else factory
     if callable(obj) and not hasattr(obj, "name"):
         obj = obj()
+    if not isinstance(obj, Backend):
+        members = set(Backend.__annotations__) | {m for m in vars(Backend) if not m.startswith("_")}
+        missing = sorted(m for m in members if not hasattr(obj, m))
+        raise TypeError(
+            f"entry point {eps[name].value!r} for backend {name!r} does not implement the Backend "
+            f"protocol; missing: {missing}"
+        )
     return obj
+
+
 
 
 def backend_for(x: Any) -> Backend:

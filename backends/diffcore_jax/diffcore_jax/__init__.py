@@ -1,0 +1,256 @@
+"""JAX backend for diffcore: ``jax.random`` keys, ``lax.scan`` / ``lax.while_loop`` drivers under
+``jax.jit``, JAX autodiff, CPU / GPU devices.
+
+Registered in the ``diffcore.backends`` entry-point group as ``jax``; get it with
+``diffcore.backend("jax")``. This package never changes JAX's global settings (x64 included).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from diffcore.backend import (
+    StepBudgetExceeded,
+    _leaves,
+    _state_dtype,
+    budget_message,
+    check_loop_args,
+    check_max_steps,
+    check_seed,
+    check_shape,
+    check_state_unchanged,
+)
+
+__all__ = ["JaxBackend"]
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _check_key(key: Any) -> Any:
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must come from JaxBackend.key(seed) (a jax.random key); got {type(key).__name__}")
+    return key
+
+
+def _float_dtype(dtype: Any) -> Any:
+    """``dtype``, or JAX's default float (float64 with x64 on, else float32)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
+
+
+_DRAWS = {
+    "normal": lambda k, s, dt: jax.random.normal(k, s, dt),
+    "rademacher": lambda k, s, dt: jax.random.rademacher(k, s, dtype=dt),
+    "uniform": lambda k, s, dt: jax.random.uniform(k, s, dt),
+}
+
+
+def _draw(method: str, key: Any, shape: tuple, dtype: Any, sample_ids: Any) -> Any:
+    """A draw; with ``sample_ids``, row b from ``fold_in(key, sample_ids[b])`` (vmapped, jit-safe)."""
+    dtype = _float_dtype(dtype)
+    if sample_ids is not None:
+        sample_ids = jnp.asarray(sample_ids)
+        if not jnp.issubdtype(sample_ids.dtype, jnp.integer):
+            raise TypeError(f"sample_ids must be integers; got dtype {sample_ids.dtype}")
+    return _compiled_draw(method, shape, dtype, key, sample_ids)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "shape", "dtype"))
+def _compiled_draw(method, shape, dtype, key, sample_ids):
+    # one compiled program per (method, shape, dtype): eager draws do not dispatch op by op
+    fill = _DRAWS[method]
+    if sample_ids is None:
+        return fill(key, shape, dtype)
+    return jax.vmap(lambda i: fill(jax.random.fold_in(key, i), shape[1:], dtype))(sample_ids)
+
+
+def _step_noise(key, i, noise_shape, dtype, sample_ids):
+    if noise_shape is None:
+        return None
+    return _draw("normal", jax.random.fold_in(key, i), noise_shape, dtype, sample_ids)
+
+
+def _as_struct(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "noise_shape", "length"))
+def _scan(step, noise_shape, length, state, plan, key, sample_ids, start):
+    """Steps start .. start + length - 1 of the plan, one ``lax.scan`` (compiled once per shape)."""
+    dtype = _state_dtype(state)
+
+    def body(carry, i):
+        plan_i = tuple(p[i] for p in plan)
+        return step(carry, plan_i, _step_noise(key, i, noise_shape, dtype, sample_ids)), None
+
+    # One abstract step first, so that a change of shape or dtype names the field instead of
+    # ending in lax.scan's generic carry error. Runs at trace time only.
+    out = jax.eval_shape(lambda c, i: body(c, i)[0], _as_struct(state), jnp.asarray(start))
+    check_state_unchanged(state, out, "the step function")
+    state, _ = lax.scan(body, state, start + jnp.arange(length))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("cond", "body"))
+def _while(cond, body, state, max_steps):
+    """``lax.while_loop`` with a step counter; returns (state, steps, budget exceeded)."""
+    pred = jax.eval_shape(cond, _as_struct(state))
+    if getattr(pred, "shape", None) != () or not jnp.issubdtype(pred.dtype, jnp.bool_):
+        raise TypeError(f"cond must return a scalar boolean array; got {pred}")
+    check_state_unchanged(state, jax.eval_shape(body, _as_struct(state)), "the body function")
+
+    def keep_going(carry):
+        s, n = carry
+        return jnp.logical_and(cond(s), n < max_steps)
+
+    def advance(carry):
+        s, n = carry
+        return body(s), n + 1
+
+    state, steps = lax.while_loop(keep_going, advance, (state, jnp.zeros((), jnp.int32)))
+    return state, steps, jnp.logical_and(steps >= max_steps, cond(state))
+
+
+def _report_budget(max_steps: int, steps: Any, exceeded: Any) -> None:
+    if bool(exceeded):
+        raise StepBudgetExceeded(budget_message(int(steps), max_steps), steps=int(steps))
+
+
+class JaxBackend:
+    """The JAX backend.
+
+    Random numbers: ``jax.random`` typed keys (``jax.random.key``), ``fold_in`` per step inside
+    jit; per-sample rows are vmapped over ``fold_in(key, sample_ids[b])``. ``device=`` places an
+    eager draw with ``jax.device_put``; inside jit arrays live where the computation runs.
+
+    Loops: ``loop`` is ``lax.scan`` under ``jax.jit`` (compiled once per step function and shapes;
+    the step is a static argument, so pass the same function object to reuse the compilation);
+    with ``progress`` the scan runs in chunks of ``chunk_size`` steps (default: a tenth of the
+    plan) and reports between them (through ``jax.debug.callback`` when called inside jit).
+    ``while_loop`` is ``lax.while_loop`` with a step counter; a budget overrun raises
+    StepBudgetExceeded after the loop (inside the caller's jit it is raised from a host callback and
+    surfaces as a JaxRuntimeError carrying the same message).
+
+    Autodiff: ``jax.grad``, ``jax.vjp``, ``jax.jvp``, ``lax.stop_gradient``.
+    """
+
+    name = "jax"
+
+    @property
+    def xp(self) -> Any:
+        return jnp
+
+    # random numbers -------------------------------------------------------------------------
+    def key(self, seed: int) -> jax.Array:
+        return jax.random.key(check_seed(seed))
+
+    def fold_in(self, key: jax.Array, data: Any) -> jax.Array:
+        return jax.random.fold_in(_check_key(key), data)
+
+    def _sample(self, method, key, shape, dtype, sample_ids, device):
+        shape = check_shape(shape, sample_ids)
+        out = _draw(method, _check_key(key), shape, dtype, sample_ids)
+        if device is not None and not _is_tracer(out):
+            out = jax.device_put(out, self.device(device))
+        return out
+
+    def normal(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> jax.Array:
+        return self._sample("normal", key, shape, dtype, sample_ids, device)
+
+    def rademacher(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> jax.Array:
+        return self._sample("rademacher", key, shape, dtype, sample_ids, device)
+
+    def uniform(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> jax.Array:
+        return self._sample("uniform", key, shape, dtype, sample_ids, device)
+
+    # loop drivers ---------------------------------------------------------------------------
+    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, chunk_size=None):
+        """``lax.scan`` of ``step`` over ``plan`` under ``jax.jit``; see the class docstring."""
+        n, noise_shape = check_loop_args(plan, key, noise_shape, sample_ids)
+        if noise_shape is not None:
+            _check_key(key)
+        if chunk_size is None:
+            chunk = n if progress is None else max(1, -(-n // 10))
+        elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+        else:
+            chunk = chunk_size
+        plan = tuple(jnp.asarray(p) for p in plan)
+        if sample_ids is not None:
+            sample_ids = jnp.asarray(sample_ids)
+        traced = any(_is_tracer(x) for x in _leaves(state))
+        done = 0
+        while done < n:
+            length = min(chunk, n - done)
+            state = _scan(step, noise_shape, length, state, plan, key, sample_ids, done)
+            done += length
+            if progress is not None:
+                if traced:  # inside the caller's jit: report when the chunk has run
+                    jax.debug.callback(functools.partial(_call_progress, progress, done, n), jax.tree.leaves(state))
+                else:
+                    progress(done, n)
+        return state
+
+    def while_loop(self, cond, body, state, *, max_steps):
+        max_steps = check_max_steps(max_steps)
+        state, steps, exceeded = _while(cond, body, state, max_steps)
+        if _is_tracer(steps):
+            jax.debug.callback(functools.partial(_report_budget, max_steps), steps, exceeded)
+            return state
+        if bool(exceeded):
+            raise StepBudgetExceeded(budget_message(int(steps), max_steps), steps=int(steps), state=state)
+        return state
+
+    # autodiff -------------------------------------------------------------------------------
+    def stop_gradient(self, x: Any) -> Any:
+        return lax.stop_gradient(x)
+
+    def grad(self, f):
+        return jax.grad(f)
+
+    def vjp(self, f, x, v):
+        out, pullback = jax.vjp(f, x)
+        return out, pullback(v)[0]
+
+    def jvp(self, f, x, v):
+        return jax.jvp(f, (x,), (v,))
+
+    # devices --------------------------------------------------------------------------------
+    def devices(self) -> list:
+        found = list(jax.devices("cpu"))
+        for platform in ("gpu", "tpu"):
+            try:
+                found += jax.devices(platform)
+            except RuntimeError:
+                pass
+        return found
+
+    def device(self, spec: Any = None) -> Any:
+        if spec is None:
+            return jax.devices()[0]
+        if isinstance(spec, jax.Device):
+            return spec
+        if isinstance(spec, str):
+            kind, _, index = spec.partition(":")
+            platform = {"cuda": "gpu", "rocm": "gpu"}.get(kind, kind)
+            try:
+                devs = jax.devices(platform)
+                return devs[int(index or 0)]
+            except (RuntimeError, ValueError, IndexError):
+                pass
+        raise ValueError(
+            f"device {spec!r} is not available to jax here; available: {[str(d) for d in self.devices()]}"
+        )
+
+    def __repr__(self) -> str:
+        return "JaxBackend()"
+
+
+def _call_progress(progress, done, total, _state):
+    progress(done, total)
