@@ -159,6 +159,15 @@ def check_float_array(x: Any, name: str) -> Any:
     return xp
 
 
+def check_per_example(t: Any, name: str, batch: int | None) -> tuple[Any, Any] | None:
+    """Check that ``t`` holds one value per example (0-D or (batch,)); return its concrete (min, max)."""
+    if t.ndim > 1:
+        raise ValueError(f"{name} must be 0-D or 1-D (one value per example); got shape {tuple(t.shape)}")
+    if batch is not None and t.ndim == 1 and t.shape[0] != batch:
+        raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch} examples")
+    return concrete_min_max(t)
+
+
 def check_timesteps(t: Any, num_timesteps: int, name: str = "t", batch: int | None = None) -> Any:
     """Check an integer array of 0-based steps in [0, num_timesteps - 1] (the papers' 1..T).
 
@@ -174,11 +183,7 @@ def check_timesteps(t: Any, num_timesteps: int, name: str = "t", batch: int | No
         raise TypeError(
             f"{name} must be an integer array of 0-based steps in [0, {num_timesteps - 1}]; got dtype {t.dtype}"
         )
-    if t.ndim > 1:
-        raise ValueError(f"{name} must be 0-D or 1-D (one step per example); got shape {tuple(t.shape)}")
-    if batch is not None and t.ndim == 1 and t.shape[0] != batch:
-        raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch} examples")
-    lo_hi = concrete_min_max(t)
+    lo_hi = check_per_example(t, name, batch)
     if lo_hi is not None:
         lo, hi = (int(v) for v in lo_hi)
         if lo < 0 or hi >= num_timesteps:

@@ -20,7 +20,7 @@ from ._array import (
     array_device,
     array_namespace,
     check_float_array,
-    concrete_min_max,
+    check_per_example,
     default_dtype,
     expand_to,
     sum_flat,
@@ -38,11 +38,7 @@ def check_time(
     """Check a real time array in [eps, T] ((eps, T] if ``open_low``; values read only when
     concrete); return its namespace."""
     xp = check_float_array(t, name)
-    if t.ndim > 1:
-        raise ValueError(f"{name} must be 0-D or 1-D (one time per example); got shape {tuple(t.shape)}")
-    if batch is not None and t.ndim == 1 and t.shape[0] != batch:
-        raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch} examples")
-    lo_hi = concrete_min_max(t)
+    lo_hi = check_per_example(t, name, batch)
     if lo_hi is not None:
         lo, hi = (float(v) for v in lo_hi)
         if not ((lo > eps if open_low else lo >= eps) and hi <= T):
@@ -226,7 +222,11 @@ class VPSDE(SDE):
         return f, xp.sqrt(beta)
 
     def model_time(self, t):
+        """The network's time input: (N - 1) t, as score_sde feeds its VP / sub-VP networks."""
         check_time(t, self.T)
+        return self._model_time(t)
+
+    def _model_time(self, t):
         return t * (self.N - 1)
 
     def time_from_model_time(self, t_in):
@@ -311,7 +311,11 @@ class VESDE(SDE):
         return xp.zeros_like(x), xp.reshape(G, i.shape)
 
     def model_time(self, t):
+        """The network's time input: sigma(t), as score_sde feeds its VE networks."""
         check_time(t, self.T)
+        return self._model_time(t)
+
+    def _model_time(self, t):
         return self._coef(self._sigma, t, t.dtype)
 
     def time_from_model_time(self, t_in):
