@@ -166,3 +166,19 @@ def test_bad_input():
         VPSDE(N=0)
     with pytest.raises(TypeError, match="score_fn must be callable"):
         VPSDE().reverse(None)
+
+
+def test_noise_ladders():
+    from diffcore import karras_sigmas
+
+    s = ncsn_sigmas(1.0, 0.01, 10)
+    assert s[0] == pytest.approx(1.0) and s[-1] == pytest.approx(0.01)
+    np.testing.assert_allclose(s[1:] / s[:-1], (0.01) ** (1 / 9), rtol=1e-12)  # geometric
+    k = karras_sigmas(18, 0.002, 80.0, rho=7.0)
+    assert k[0] == pytest.approx(80.0) and k[-1] == pytest.approx(0.002)
+    np.testing.assert_allclose(np.diff(k ** (1 / 7)), (0.002 ** (1 / 7) - 80 ** (1 / 7)) / 17, rtol=1e-10)  # linear in sigma^(1/rho)
+    assert np.all(np.diff(k) < 0)
+    with pytest.raises(ValueError, match="sigma_max must be greater than sigma_min"):
+        karras_sigmas(10, 1.0, 0.5)
+    with pytest.raises(ValueError, match="num_scales"):
+        ncsn_sigmas(1.0, 0.01, 1)
