@@ -212,6 +212,11 @@ class VPSDE(SDE):
 
     def discretize(self, x, t):
         """DDPM's discretisation: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z, i = floor(t (N-1))."""
+        if not self.beta_1 / self.N < 1.0:  # the continuous SDE is fine; its N-step chain is not
+            raise ValueError(
+                f"the DDPM discretisation needs N > beta_max so that the betas beta_max / N stay below 1; "
+                f"got N={self.N}, beta_max={self.beta_1:g}"
+            )
         check_float_array(x, "x")
         t = self._time_like(t, x)
         xp = array_namespace(x)

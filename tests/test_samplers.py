@@ -348,3 +348,25 @@ def test_bad_input():
         sample("ddpm", model, diffcore.VPSDE(), (2, 2))
     with pytest.raises(ValueError, match="shape must be a non-empty tuple"):
         sample("ddim", model, d, ())
+
+
+def test_drivers_use_the_callers_backend():
+    """Samplers with their own driver (adaptive, EDM) run on the backend object the caller gave."""
+    calls = []
+
+    class Recording(diffcore.NumPyBackend):
+        def loop(self, *args, **kwargs):
+            calls.append("loop")
+            return super().loop(*args, **kwargs)
+
+        def while_loop(self, *args, **kwargs):
+            calls.append("while_loop")
+            return super().while_loop(*args, **kwargs)
+
+    sde = diffcore.VPSDE()
+    model = two_gaussians_2d().as_model(sde, "score")
+    sample("ode_dopri5", model, sde, (4, 2), backend=Recording(), rtol=1e-3, atol=1e-3)
+    assert calls == ["while_loop"]
+    calls.clear()
+    sample("edm_heun", model, sde, (4, 2), backend=Recording(), steps=5, prediction="score")
+    assert calls and set(calls) == {"loop"}

@@ -182,3 +182,10 @@ def test_noise_ladders():
         karras_sigmas(10, 1.0, 0.5)
     with pytest.raises(ValueError, match="num_scales"):
         ncsn_sigmas(1.0, 0.01, 1)
+
+
+def test_vp_discretisation_with_too_few_steps_is_refused():
+    sde = VPSDE(N=10)  # the continuous SDE is valid; only its 10-step chain is not
+    assert np.all(np.isfinite(sde.sde(np.ones((1, 2)), np.array([0.5]))[0]))
+    with pytest.raises(ValueError, match="needs N > beta_max.*N=10, beta_max=20"):
+        sde.discretize(np.ones((1, 2)), np.array([0.5]))

@@ -22,12 +22,16 @@ from ._base import Sampler, plan_to
 from .ancestral import ddim, ddpm
 from .control import inpaint
 from .grid import time_grid
+from .ode import FACTORIES as _ODE_SAMPLERS
+from .sde_samplers import FACTORIES as _SDE_SAMPLERS
 
 __all__ = ["SAMPLERS", "Sampler", "SampleResult", "build", "sample", "register_sampler", "inpaint", "time_grid"]
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddpm": ddpm,
     "ddim": ddim,
+    **_SDE_SAMPLERS,
+    **_ODE_SAMPLERS,
 }
 
 # stream ids for fold_in: the prior draw and the loop's per-step noise never share a key
@@ -100,16 +104,16 @@ def sample(
     plan = plan_to(sampler.plan, xp, x_T.dtype, array_device(x_T))
     state = sampler.init(x_T)
     noise_shape = (shape[0], sampler.noise_draws) + shape[1:] if sampler.noise_draws else None
-    drive = sampler.drive or bk.loop
-    state = drive(
-        sampler.step,
-        state,
-        plan,
+    loop_options = dict(
         key=bk.fold_in(key, _LOOP_STREAM),
         noise_shape=noise_shape,
         sample_ids=sample_ids if noise_shape is not None else None,
         progress=progress,
     )
+    if sampler.drive is not None:
+        state = sampler.drive(sampler.step, state, plan, backend=bk, **loop_options)
+    else:
+        state = bk.loop(sampler.step, state, plan, **loop_options)
     bad = int(state.bad_step)
     if bad >= 0:
         raise FloatingPointError(

@@ -4,8 +4,9 @@ A sampler is a short pure step function ``step(state, plan_i, noise_i) -> state`
 computed before the loop (CONVENTIONS.md). The plan is a NamedTuple of float64 / int64 NumPy
 columns on the host; :func:`plan_to` converts it once to the working namespace, dtype and device,
 and the backend's driver hands the step a plain tuple of the i-th entries (rebuild the NamedTuple
-with ``Plan(*plan_i)``). ``noise_i`` has shape (draws, *sample_shape): a sampler that needs k
-standard-normal draws per step declares ``noise_draws = k``.
+with ``Plan(*plan_i)``). ``noise_i`` has shape (B, draws, *sample_shape[1:]) -- batch first, so that
+per-sample seeds apply -- and a sampler that needs k standard-normal draws per step declares
+``noise_draws = k`` and reads draw j as ``noise_i[:, j, ...]``.
 
 Every plan has the columns ``index`` (the step number, for error messages), ``alpha_next`` and
 ``sigma_next`` (the noise level the state's ``x`` is at after the step): inpainting projects the
@@ -39,8 +40,9 @@ class Sampler(NamedTuple):
 
     ``times`` are the process times of the steps (for error messages); ``nfe`` is the number of
     model evaluations of the whole run (``None`` when the state counts them: ``state.nfe``);
-    ``drive`` replaces the backend's ``loop`` for samplers that need another driver (adaptive
-    solvers use the bounded while-loop).
+    ``drive(step, state, plan, *, backend, key, noise_shape, sample_ids, progress)`` replaces the
+    backend's ``loop`` for samplers that need another driver (adaptive solvers use the bounded
+    while-loop; EDM's last row needs one model call instead of two).
     """
 
     name: str

@@ -48,8 +48,15 @@ def time_grid(process: Any, steps: Any, *, spacing: str = "linspace", eps: float
             process.sqrt_one_minus_alphas_cumprod[times],
         )
     steps = check_steps(steps)
+    if spacing != "linspace":
+        raise ValueError(f"spacing must be 'linspace' for a continuous-time process (the grid linspace(T, eps, steps)); got {spacing!r}")
     eps = default_eps(process) if eps is None else float(eps)
-    if not 0.0 <= eps < process.T:
-        raise ValueError(f"eps must lie in [0, {process.T}); got {eps}")
+    zero_noise = getattr(process, "zero_noise_at_start", False)
+    if not ((0.0 < eps) if zero_noise else (0.0 <= eps)) or not eps < process.T:
+        low = "(0" if zero_noise else "[0"
+        raise ValueError(
+            f"eps must lie in {low}, {process.T:g}) (sigma(0) = 0 for this process: its score is singular there); got {eps:g}"
+            if zero_noise else f"eps must lie in {low}, {process.T:g}); got {eps:g}"
+        )
     times = np.linspace(process.T, eps, steps) if steps > 1 else np.array([process.T])
     return Grid(times, np.asarray(process.model_time(times)), np.asarray(process.alpha(times)), np.asarray(process.sigma(times)))

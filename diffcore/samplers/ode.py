@@ -1,0 +1,718 @@
+"""Deterministic samplers: the probability-flow ODE (fixed-step Euler, Heun, RK4 and adaptive
+Dormand-Prince), EDM's Heun sampler and DPM-Solver++(2M).
+
+- Probability-flow ODE (Song et al. 2021, eq. 13) of an SDE dx = f(t) x dt + g(t) dw:
+  dx/dt = f(t) x - 1/2 g(t)^2 s(x, t), the score s from the model output (diffcore.parametrization).
+  Integrated backwards from T to eps. Fixed steps: ``steps`` intervals of ``linspace(T, eps,
+  steps + 1)``; each step is one explicit Runge-Kutta step (Euler: 1 stage, Heun's trapezoid: 2,
+  classic RK4: 4) whose stage coefficients f, g^2, alpha, sigma and network time are precomputed
+  on the host. ``denoise=True`` finishes with Tweedie's x_0 at eps (score_sde's ``denoise``).
+  Adaptive: :func:`diffcore.samplers.solvers.dopri5`, a batch of independent solves.
+- EDM (Karras et al. 2022, Algorithm 1; Algorithm 2 with churn): Heun's method on
+  dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ in the VE-equivalent variables x~ = x / alpha,
+  sigma~ = sigma / alpha, over ``karras_sigmas`` (rho = 7) and a final sigma~ = 0 reached by Euler.
+  Any process of the interface is mapped to these variables: each sigma~ goes back to a process
+  time through :func:`time_from_sigma_ratio`, giving the alpha and network time of the model call.
+- DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep, data (x_0) predictions, in Lu et
+  al.'s lambda = log(alpha / sigma) (half the log-SNR):
+  x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (e^{-h_i} - 1) D_i,
+  D_i = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}, r_i = h_{i-1} / h_i, h_i = lambda_{i+1} - lambda_i;
+  the first step first order.
+
+All of them are written once against the process interface; every plan carries ``index``,
+``alpha_next`` and ``sigma_next`` (the adaptive solver has no fixed grid and no per-step projection,
+so it refuses inpainting).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .._array import array_device, array_namespace, default_dtype, expand_to
+from ..backend import backend_for
+from ..diffusion import GaussianDiffusion
+from ..parametrization import to_score
+from ..schedules import karras_sigmas
+from ._base import (
+    Sampler,
+    call_model,
+    check_choice,
+    check_positive,
+    check_prediction,
+    check_steps,
+    denoise as _denoise,  # ``denoise`` is also the samplers' option for the final Tweedie step
+    flag_nonfinite,
+    initial_flag,
+)
+from .grid import default_eps, time_grid
+from .solvers import dopri5
+
+__all__ = [
+    "ode_euler",
+    "ode_heun",
+    "ode_rk4",
+    "ode_dopri5",
+    "edm_heun",
+    "dpmpp_2m",
+    "time_from_sigma_ratio",
+    "pf_ode_drift",
+    "FACTORIES",
+]
+
+
+class ODEState(NamedTuple):
+    x: Any
+    bad_step: Any
+
+
+def _init(x_T: Any) -> ODEState:
+    return ODEState(x_T, initial_flag(x_T))
+
+
+def _result(state: Any) -> Any:
+    return state.x
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _default_prediction(process: Any, prediction: str | None) -> str:
+    return check_prediction(prediction or getattr(process, "model_mean_type", "eps"))
+
+
+def _check_sde(process: Any, sampler: str) -> None:
+    if isinstance(process, GaussianDiffusion) or not callable(getattr(process, "diffusion_squared", None)):
+        raise TypeError(
+            f"the {sampler!r} sampler integrates the probability-flow ODE of an SDE (VPSDE, subVPSDE, VESDE); "
+            f"got {type(process).__name__} (for a GaussianDiffusion use 'ddim', 'edm_heun' or 'dpmpp_2m')"
+        )
+
+
+def _end_time(process: Any, eps: Any) -> float:
+    """The end time of an SDE solve: ``eps`` (default 1e-3 VP / sub-VP, 1e-5 VE), checked."""
+    eps = default_eps(process) if eps is None else float(eps)
+    low_open = getattr(process, "zero_noise_at_start", True)
+    if not (eps > 0.0 if low_open else eps >= 0.0) or not eps < process.T:
+        low = "(0" if low_open else "[0"
+        raise ValueError(
+            f"eps must lie in {low}, {process.T:g}) for {type(process).__name__}"
+            f"{' (sigma(0) = 0: the score is singular there)' if low_open else ''}; got {eps}"
+        )
+    return eps
+
+
+def _host(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _sde_coefficients(process: Any, t: np.ndarray) -> dict:
+    """f, g^2, alpha, sigma and the network time at host times ``t`` (float64 NumPy)."""
+    t = np.asarray(t, dtype=np.float64)
+    drift, _ = process.sde(np.ones((t.shape[0], 1)), t)  # f(t) x at x = 1
+    return {
+        "f": _host(drift)[:, 0],
+        "g2": _host(process.diffusion_squared(t)),
+        "alpha": _host(process.alpha(t)),
+        "sigma": _host(process.sigma(t)),
+        "t_in": _host(process.model_time(t)),
+    }
+
+
+def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
+    """A driver running ``step`` over all rows but the last and ``final_step`` on the last.
+
+    Used where the last row needs fewer model calls than the others (EDM's final Euler step,
+    the Tweedie denoising row): running ``step`` on it gives the same numbers with wasted calls.
+    The last row's noise comes from ``fold_in(fold_in(key, n - 1), 0)``.
+    A wrapped ``step`` (inpainting's projection) is not applied on the last row: that row goes to
+    sigma = 0, where inpainting's ``result`` puts the known part back exactly.
+    """
+
+    def drive(step, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None):
+        bk = backend
+        n = int(plan[0].shape[0])
+        if n > 1:
+            head = tuple(p[: n - 1] for p in plan)
+            inner = None if progress is None else (lambda done, total: progress(done, n))
+            state = bk.loop(
+                step, state, head, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=inner
+            )
+        tail = tuple(p[n - 1 :] for p in plan)
+        tail_key = None if noise_shape is None else bk.fold_in(key, n - 1)
+        state = bk.loop(final_step, state, tail, key=tail_key, noise_shape=noise_shape, sample_ids=sample_ids)
+        if progress is not None:
+            progress(n, n)
+        return state
+
+    return drive
+
+
+# ------------------------------------------------------------------ sigma~ -> process time
+
+
+def time_from_sigma_ratio(process: Any, s: Any) -> np.ndarray:
+    """The process time whose sigma / alpha equals ``s`` (host side, float64 NumPy).
+
+    - VE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t, so t = log(s / sigma_min) /
+      log(sigma_max / sigma_min).
+    - VP: s^2 = 1 / alpha^2 - 1 = exp(1/2 t^2 (b1 - b0) + t b0) - 1: the quadratic
+      1/4 (b1 - b0) t^2 + 1/2 b0 t - 1/2 log(1 + s^2) = 0, solved in its cancellation-free form.
+    - sub-VP: s = (1 - alpha^2) / alpha, so alpha = 2 / (s + sqrt(s^2 + 4)) and the same quadratic
+      with -log alpha = asinh(s / 2).
+    - GaussianDiffusion: the *nearest* step on log sigma~ (k-diffusion's DiscreteSchedule with
+      ``quantize=True``); an integer step, clamped to [0, T - 1]. The network only knows integer
+      steps, so interpolating between them (``quantize=False``) would feed it times it never saw.
+
+    Values outside the process's range raise (SDEs); tiny rounding past an end is clipped.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    if np.any(~np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"s (sigma / alpha) must be finite and >= 0; got values from {s.min()} to {s.max()}")
+    if isinstance(process, GaussianDiffusion):
+        with np.errstate(divide="ignore"):
+            table = 0.5 * (np.log(process.one_minus_alphas_cumprod) - np.log(process.alphas_cumprod))
+            log_s = np.log(s)
+        T = table.shape[0]
+        hi = np.clip(np.searchsorted(table, log_s), 1, T - 1)
+        lo = hi - 1
+        nearer_lo = np.abs(log_s - table[lo]) <= np.abs(table[hi] - log_s)
+        return np.where(nearer_lo, lo, hi).astype(np.int64)
+    # local imports keep this module free of import cycles with diffcore.sde
+    from ..sde import VESDE, VPSDE, subVPSDE
+
+    if isinstance(process, VESDE):
+        with np.errstate(divide="ignore"):
+            t = (np.log(s) - math.log(process.sigma_min)) / process.log_ratio
+    elif isinstance(process, (VPSDE, subVPSDE)):
+        a = 0.25 * (process.beta_1 - process.beta_0)
+        b = 0.5 * process.beta_0
+        c = np.arcsinh(0.5 * s) if isinstance(process, subVPSDE) else 0.5 * np.log1p(s * s)
+        # a t^2 + b t - c = 0, t >= 0: t = 2c / (b + sqrt(b^2 + 4ac)) (no cancellation as b -> 0)
+        t = 2.0 * c / (b + np.sqrt(b * b + 4.0 * a * c))
+    else:
+        raise TypeError(
+            f"time_from_sigma_ratio knows VESDE, VPSDE, subVPSDE and GaussianDiffusion; got {type(process).__name__}"
+        )
+    T = process.T
+    tol = 1e-9 * T
+    if np.any(t < -tol) or np.any(t > T + tol):
+        lo, hi = (float(v) for v in _sigma_ratio_range(process))
+        raise ValueError(
+            f"s (sigma / alpha) must lie in [{lo:g}, {hi:g}] for {type(process).__name__} (times 0..{T:g}); "
+            f"got values from {float(s.min()):g} to {float(s.max()):g}"
+        )
+    return np.clip(t, 0.0, T)
+
+
+def _sigma_ratio_range(process: Any) -> tuple[float, float]:
+    """(sigma~ at the clean end, sigma~ at the noisy end) of a process: time 0 .. T, or steps 0 .. T-1."""
+    if isinstance(process, GaussianDiffusion):
+        ends = np.array([0, process.num_timesteps - 1])
+    else:
+        ends = np.array([0.0, process.T])
+    with np.errstate(divide="ignore"):
+        ratio = _host(process.sigma(ends)) / _host(process.alpha(ends))
+    return float(ratio[0]), float(ratio[1])
+
+
+def _sigma_ratio_coefficients(process: Any, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, alpha, network time) for sigma~ values ``s`` > 0.
+
+    SDEs: alpha(t(s)). GaussianDiffusion: the nearest step's network time but alpha = 1 / sqrt(1 + s^2)
+    of the continuous s (k-diffusion's c_in), so x = alpha x~ is exactly at noise level s.
+    """
+    t = time_from_sigma_ratio(process, s)
+    t_in = np.asarray(process.model_time(t))
+    if isinstance(process, GaussianDiffusion):
+        alpha = 1.0 / np.sqrt(1.0 + s * s)
+    else:
+        alpha = _host(process.alpha(t))
+    return t, alpha, t_in
+
+
+# ------------------------------------------------------------------- PF-ODE, fixed steps
+
+# Explicit Runge-Kutta tableaux whose stage k uses only stage k - 1 (Euler, Heun, classic RK4).
+_TABLEAUX = {
+    "euler": ((0.0,), (), (1.0,)),
+    "heun": ((0.0, 1.0), (1.0,), (0.5, 0.5)),
+    "rk4": ((0.0, 0.5, 0.5, 1.0), (0.5, 0.5, 1.0), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+}
+
+
+def _rk_plan_class(method: str, stages: int) -> type:
+    fields = [("index", np.ndarray), ("t", np.ndarray), ("t_next", np.ndarray), ("dt", np.ndarray)]
+    for k in range(stages):
+        fields += [(f"{name}_{k}", np.ndarray) for name in ("t_in", "alpha", "sigma", "f", "g2")]
+    fields += [(f"a_{k}", np.ndarray) for k in range(1, stages)]
+    fields += [(f"b_{k}", np.ndarray) for k in range(stages)]
+    fields += [("alpha_next", np.ndarray), ("sigma_next", np.ndarray)]
+    return NamedTuple(f"ODE{method.capitalize()}Plan", fields)
+
+
+EulerPlan = _rk_plan_class("euler", 1)
+HeunPlan = _rk_plan_class("heun", 2)
+RK4Plan = _rk_plan_class("rk4", 4)
+_PLANS = {"euler": EulerPlan, "heun": HeunPlan, "rk4": RK4Plan}
+
+
+def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, cond, prediction) -> Sampler:
+    """Explicit RK of the PF-ODE on ``linspace(T, eps, steps + 1)``.
+
+    Row i is one RK step from t_i to t_{i+1}: stage k is evaluated at t_i + c_k dt (columns
+    ``t_in_k, alpha_k, sigma_k, f_k, g2_k``) with input x + a_k K_{k-1} (a_k = tableau * dt) and
+    slope K_k = f_k x_k - 1/2 g2_k s(x_k, t_k); the step returns x + sum_k b_k K_k (b_k = weights *
+    dt). With ``denoise`` one more row maps x at eps to Tweedie's x_0 = (x + sigma^2 s) / alpha,
+    written in the same form: one stage with b_0 = 1, f_0 = 1/alpha - 1 and g2_0 = -2 sigma^2 / alpha
+    (x + K_0 is then exactly Tweedie's formula), the other stages weighted 0. Its ``alpha_next``, ``sigma_next`` are 1, 0. The sampler's driver runs
+    that row with one model call; ``step`` on it gives the same numbers with extra (unused) calls.
+    """
+    name = f"ode_{method}"
+    _check_sde(process, name)
+    steps = check_steps(steps)
+    eps = _end_time(process, eps)
+    prediction = _default_prediction(process, prediction)
+    c, a, b = _TABLEAUX[method]
+    S = len(c)
+    Plan = _PLANS[method]
+
+    t_grid = np.linspace(process.T, eps, steps + 1)
+    t, t_next = t_grid[:-1], t_grid[1:]
+    dt = t_next - t
+    cols: dict[str, np.ndarray] = {"index": np.arange(steps), "t": t, "t_next": t_next, "dt": dt}
+    for k in range(S):
+        tk = t_next.copy() if c[k] == 1.0 else t + c[k] * dt  # the last stage lands exactly on t_next
+        coef = _sde_coefficients(process, tk)
+        for key in ("t_in", "alpha", "sigma", "f", "g2"):
+            cols[f"{key}_{k}"] = coef[key]
+    for k in range(1, S):
+        cols[f"a_{k}"] = a[k - 1] * dt
+    for k in range(S):
+        cols[f"b_{k}"] = b[k] * dt
+    end = _sde_coefficients(process, np.array([eps]))
+    cols["alpha_next"] = np.asarray(process.alpha(t_next), dtype=np.float64)
+    cols["sigma_next"] = np.asarray(process.sigma(t_next), dtype=np.float64)
+    times = t.copy()
+    if denoise_end:
+        alpha_e, sigma_e = end["alpha"][0], end["sigma"][0]
+        row = {"index": steps, "t": eps, "t_next": eps, "dt": 0.0, "alpha_next": 1.0, "sigma_next": 0.0}
+        for k in range(S):
+            for key in ("t_in", "alpha", "sigma", "f", "g2"):
+                row[f"{key}_{k}"] = end[key][0]
+        row["f_0"] = 1.0 / alpha_e - 1.0
+        row["g2_0"] = -2.0 * sigma_e**2 / alpha_e
+        for k in range(1, S):
+            row[f"a_{k}"] = 0.0
+        for k in range(S):
+            row[f"b_{k}"] = 1.0 if k == 0 else 0.0
+        cols = {key: np.append(col, row[key]) for key, col in cols.items()}
+        times = np.append(times, eps)
+    plan = Plan(**{key: (col.astype(np.int64) if key == "index" else np.asarray(col, dtype=np.float64)) for key, col in cols.items()})
+
+    def make_step(used: int):
+        def step(state: ODEState, plan_i: tuple, noise_i: Any) -> ODEState:
+            p = Plan(*plan_i)
+            x = state.x
+            x_next = x
+            slope = None
+            for k in range(used):
+                xk = x if k == 0 else x + getattr(p, f"a_{k}") * slope
+                out = call_model(model, xk, getattr(p, f"t_in_{k}"), cond)
+                score = to_score(out, prediction, xk, getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}"))
+                slope = getattr(p, f"f_{k}") * xk - 0.5 * getattr(p, f"g2_{k}") * score
+                x_next = x_next + getattr(p, f"b_{k}") * slope
+            return ODEState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
+
+        return step
+
+    step = make_step(S)
+    drive = _split_drive(make_step(1)) if denoise_end and S > 1 else None
+    nfe = steps * S + (1 if denoise_end else 0)
+    return Sampler(name, plan, _init, step, _result, 0, nfe, times, drive)
+
+
+def ode_euler(model, process, *, steps=100, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+    """Euler's method on the probability-flow ODE (order 1; NFE = steps [+1 with ``denoise``])."""
+    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+
+
+def ode_heun(model, process, *, steps=50, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+    """Heun's (explicit trapezoidal) method on the PF-ODE (order 2; NFE = 2 steps [+1])."""
+    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+
+
+def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+    """The classic 4-stage Runge-Kutta method on the PF-ODE (order 4; NFE = 4 steps [+1])."""
+    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+
+
+# --------------------------------------------------------------------- PF-ODE, adaptive
+
+
+def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str, cond: Any = None) -> Callable[[Any, Any], Any]:
+    """fn(t_vec, x) = f(t) x - 1/2 g(t)^2 s(x, t), the score from ``model`` (one time per example)."""
+
+    def score_fn(x: Any, t: Any) -> Any:
+        out = call_model(model, x, process.model_time(t), cond)
+        alpha = expand_to(process.alpha(t, dtype=x.dtype), x)
+        sigma = expand_to(process.sigma(t, dtype=x.dtype), x)
+        return to_score(out, prediction, x, alpha, sigma)
+
+    reverse = process.reverse(score_fn, probability_flow=True)
+
+    def fn(t: Any, x: Any) -> Any:
+        return reverse.sde(x, t)[0]
+
+    return fn
+
+
+class DopriPlan(NamedTuple):
+    index: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    t_in_end: np.ndarray
+    alpha_end: np.ndarray
+    sigma_end: np.ndarray
+
+
+class DopriSampleState(NamedTuple):
+    x: Any
+    bad_step: Any
+    nfe: Any  # 0-D: model calls on the batch
+    nfe_per_example: Any  # (B,): calls each example needed
+
+
+def ode_dopri5(
+    model,
+    process,
+    *,
+    rtol=1e-5,
+    atol=1e-5,
+    eps=None,
+    max_steps=10_000,
+    h0=None,
+    denoise=False,
+    cond=None,
+    prediction=None,
+) -> Sampler:
+    """The PF-ODE from T to eps with adaptive Dormand-Prince 5(4), each example its own solve.
+
+    score_sde's ODE sampler (RK45, rtol = atol = 1e-5) without its batch-shared step size. NFE is
+    counted by the solve (``state.nfe``: model calls on the batch). ``denoise`` adds Tweedie's x_0
+    at eps (+1 NFE). The whole solve is one step of a one-row plan, run by the sampler's driver on
+    the backend of the state's namespace (``lax.while_loop`` under JAX).
+    """
+    _check_sde(process, "ode_dopri5")
+    rtol = check_positive(rtol, "rtol")
+    atol = check_positive(atol, "atol")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    if h0 is not None:
+        h0 = check_positive(h0, "h0")
+    eps = _end_time(process, eps)
+    prediction = _default_prediction(process, prediction)
+    end = _sde_coefficients(process, np.array([eps]))
+    plan = DopriPlan(
+        np.array([0]), np.array([float(process.T)]), np.array([eps]), end["t_in"], end["alpha"], end["sigma"]
+    )
+    fn = pf_ode_drift(model, process, prediction, cond)
+
+    def init(x_T: Any) -> DopriSampleState:
+        xp, device = array_namespace(x_T), array_device(x_T)
+        idx = default_dtype(xp, "indexing", device)
+        zero = xp.asarray(0, dtype=idx, device=device)
+        return DopriSampleState(x_T, initial_flag(x_T), zero, xp.zeros((x_T.shape[0],), dtype=idx, device=device))
+
+    def solve(bk: Any, state: DopriSampleState, plan_i: tuple) -> DopriSampleState:
+        p = DopriPlan(*plan_i)
+        sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0)
+        x, nfe, per_example = sol.y, state.nfe + sol.nfe_total, state.nfe_per_example + sol.nfe
+        if denoise:
+            x = _denoise(model, x, p.t_in_end, p.alpha_end, p.sigma_end, prediction, cond).x0  # Tweedie
+            nfe, per_example = nfe + 1, per_example + 1
+        return DopriSampleState(x, flag_nonfinite(state.bad_step, x, p.index), nfe, per_example)
+
+    def step(state: DopriSampleState, plan_i: tuple, noise_i: Any) -> DopriSampleState:
+        """The whole solve as one step, with the default backend of the state's arrays."""
+        return solve(backend_for(state.x), state, plan_i)
+
+    def drive(step_fn, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None):
+        if step_fn is not step:
+            raise ValueError(
+                "ode_dopri5 has no fixed grid of steps to wrap (e.g. for inpainting, which projects after every "
+                "step); use a fixed-step sampler such as 'ode_heun', 'edm_heun' or 'dpmpp_2m'"
+            )
+        state = solve(backend, state, tuple(p[0] for p in plan))
+        if progress is not None:
+            progress(1, 1)
+        return state
+
+    return Sampler("ode_dopri5", plan, init, step, _result, 0, None, np.array([float(process.T)]), drive)
+
+
+# ------------------------------------------------------------------------------------ EDM
+
+
+class EDMPlan(NamedTuple):
+    index: np.ndarray
+    alpha: np.ndarray  # scale of the state at sigma~_i: x~ = x / alpha
+    noise_scale: np.ndarray  # S_noise sqrt(s_hat^2 - s_i^2) (churn)
+    s_hat: np.ndarray
+    t_in_hat: np.ndarray
+    alpha_hat: np.ndarray
+    s_corr: np.ndarray  # where the corrector evaluates: s_next (s_hat on the last row: unused)
+    t_in_corr: np.ndarray
+    alpha_corr: np.ndarray
+    w_d: np.ndarray  # x~_next = x~_hat + w_d d + w_corr d'
+    w_corr: np.ndarray
+    ds: np.ndarray  # s_next - s_hat (the Euler predictor)
+    alpha_next: np.ndarray
+    sigma_next: np.ndarray
+
+
+def edm_heun(
+    model,
+    process,
+    *,
+    steps=18,
+    sigma_min=None,
+    sigma_max=None,
+    rho=7.0,
+    eps=None,
+    S_churn=0.0,
+    S_tmin=0.0,
+    S_tmax=math.inf,
+    S_noise=1.0,
+    clip_denoised=False,
+    cond=None,
+    prediction=None,
+) -> Sampler:
+    """EDM's sampler (Karras et al. 2022, Algorithm 1; with ``S_churn`` > 0 Algorithm 2).
+
+    sigma~_i = karras_sigmas(steps, sigma_min, sigma_max, rho), then sigma~_N = 0; Heun steps,
+    the last (to 0) Euler: NFE = 2 steps - 1. The output is the last x_0 prediction. Defaults of
+    the sigma~ range: the process's own, sigma~ at ``eps`` .. T (``eps``: 0 for VE, i.e. sigma_min;
+    1e-3 for VP / sub-VP) and steps 0 .. T-1 for a GaussianDiffusion (k-diffusion's choice).
+    Churn: gamma_i = min(S_churn / N, sqrt 2 - 1) where S_tmin <= sigma~_i <= S_tmax, sigma~_hat
+    clipped to the process's largest sigma~ (time T cannot be exceeded).
+    """
+    N = check_steps(steps)
+    prediction = _default_prediction(process, prediction)
+    rho = check_positive(rho, "rho")
+    S_churn = _check_nonnegative(S_churn, "S_churn")
+    S_noise = _check_nonnegative(S_noise, "S_noise")
+    S_tmin, S_tmax = float(S_tmin), float(S_tmax)
+    if not S_tmin <= S_tmax:
+        raise ValueError(f"S_tmin must not exceed S_tmax; got S_tmin={S_tmin}, S_tmax={S_tmax}")
+    lo_proc, hi_proc = _sigma_ratio_range(process)
+    if not isinstance(process, GaussianDiffusion):
+        if eps is None:
+            eps = 0.0 if not getattr(process, "zero_noise_at_start", True) else default_eps(process)
+        eps = _end_time(process, eps)
+        e = np.array([eps])
+        default_min = float((_host(process.sigma(e)) / _host(process.alpha(e)))[0])
+    else:
+        if eps is not None:
+            raise ValueError("eps (the end time) applies to continuous-time processes; pass sigma_min for a GaussianDiffusion")
+        default_min = lo_proc
+    s_min = default_min if sigma_min is None else check_positive(sigma_min, "sigma_min")
+    s_max = hi_proc if sigma_max is None else check_positive(sigma_max, "sigma_max")
+    if not math.isfinite(s_max):
+        raise ValueError(
+            f"the process reaches sigma/alpha = inf at its noisy end (zero terminal SNR): pass a finite sigma_max"
+        )
+    if not s_min < s_max:
+        raise ValueError(f"sigma_min must be smaller than sigma_max; got sigma_min={s_min:g}, sigma_max={s_max:g}")
+    if not isinstance(process, GaussianDiffusion):
+        for label, v in (("sigma_min", s_min), ("sigma_max", s_max)):
+            if v < lo_proc * (1 - 1e-9) or v > hi_proc * (1 + 1e-9):
+                raise ValueError(f"{label} must lie in the process's range [{lo_proc:g}, {hi_proc:g}] of sigma/alpha; got {v:g}")
+
+    s = karras_sigmas(N, s_min, s_max, rho)
+    s_next = np.append(s[1:], 0.0)
+    gamma = np.where((s >= S_tmin) & (s <= S_tmax), min(S_churn / N, math.sqrt(2.0) - 1.0), 0.0)
+    s_hat = np.minimum(s * (1.0 + gamma), max(s_max, hi_proc))
+    s_hat = np.maximum(s_hat, s)
+    noise_scale = S_noise * np.sqrt(np.clip(s_hat**2 - s**2, 0.0, None))
+    t_cur, alpha_cur, _ = _sigma_ratio_coefficients(process, s)
+    _, alpha_hat, t_in_hat = _sigma_ratio_coefficients(process, s_hat)
+    last = s_next == 0.0
+    s_corr = np.where(last, s_hat, s_next)
+    _, alpha_corr, t_in_corr = _sigma_ratio_coefficients(process, s_corr)
+    ds = s_next - s_hat
+    c = np.where(last, 0.0, 0.5)
+    alpha_next = np.where(last, 1.0, alpha_corr)
+    plan = EDMPlan(
+        index=np.arange(N),
+        alpha=alpha_cur,
+        noise_scale=noise_scale,
+        s_hat=s_hat,
+        t_in_hat=t_in_hat,
+        alpha_hat=alpha_hat,
+        s_corr=s_corr,
+        t_in_corr=t_in_corr,
+        alpha_corr=alpha_corr,
+        w_d=ds * (1.0 - c),
+        w_corr=ds * c,
+        ds=ds,
+        alpha_next=alpha_next,
+        sigma_next=alpha_next * s_next,
+    )
+    churn = S_churn > 0 and bool(np.any(noise_scale > 0))
+
+    def x0(x_tilde, t_in, alpha, s_):
+        return _denoise(model, alpha * x_tilde, t_in, alpha, alpha * s_, prediction, cond, clip_denoised)
+
+    def make_step(corrector: bool):
+        def step(state: ODEState, plan_i: tuple, noise_i: Any) -> ODEState:
+            p = EDMPlan(*plan_i)
+            x_tilde = state.x / p.alpha
+            if churn:
+                x_tilde = x_tilde + p.noise_scale * noise_i[:, 0, ...]
+            first = x0(x_tilde, p.t_in_hat, p.alpha_hat, p.s_hat)
+            d = (x_tilde - first.x0) / p.s_hat
+            out = first.output
+            if corrector:
+                x_euler = x_tilde + p.ds * d
+                second = x0(x_euler, p.t_in_corr, p.alpha_corr, p.s_corr)
+                d_corr = (x_euler - second.x0) / p.s_corr
+                x_next = x_tilde + p.w_d * d + p.w_corr * d_corr
+            else:
+                x_next = x_tilde + p.w_d * d
+            x_next = p.alpha_next * x_next
+            return ODEState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
+
+        return step
+
+    step = make_step(True)
+    return Sampler(
+        "edm_heun", plan, _init, step, _result, 1 if churn else 0, 2 * N - 1, np.asarray(t_cur, dtype=np.float64),
+        _split_drive(make_step(False)),
+    )
+
+
+def _check_nonnegative(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a non-negative number; got {value!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+    return v
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++
+
+
+class DPMPlan(NamedTuple):
+    index: np.ndarray
+    t_in: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    c_x: np.ndarray  # sigma_next / sigma
+    c_d: np.ndarray  # -alpha_next (e^{-h} - 1)
+    w_cur: np.ndarray  # D = w_cur x0_i + w_prev x0_{i-1}
+    w_prev: np.ndarray
+    alpha_next: np.ndarray
+    sigma_next: np.ndarray
+
+
+class DPMState(NamedTuple):
+    x: Any
+    x0_prev: Any
+    bad_step: Any
+
+
+DPM_SPACINGS = ("linspace", "logsnr")
+
+
+def _logsnr_grid(process: Any, steps: Any, eps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Times uniform in log-SNR from the noisy end to the clean end: (times, t_in, alpha, sigma)."""
+    if isinstance(process, GaussianDiffusion):
+        if eps is not None:
+            raise ValueError("eps (the end time) applies to continuous-time processes; a GaussianDiffusion ends at step 0")
+        if isinstance(steps, str):
+            raise ValueError(f"spacing='logsnr' takes an integer number of steps; got {steps!r}")
+        n = check_steps(steps)
+        lam_hi, lam_lo = process.log_snr_table[0], process.log_snr_table[-1]
+        ends = (process.num_timesteps - 1, 0)
+    else:
+        n = check_steps(steps)
+        eps = _end_time(process, eps)
+        lam_lo, lam_hi = (float(v) for v in _host(process.log_snr(np.array([process.T, eps]))))
+        ends = (process.T, eps)
+    if not math.isfinite(lam_lo):
+        raise ValueError("spacing='logsnr' needs a finite log-SNR at the noisy end (this schedule has zero terminal SNR)")
+    lam = np.linspace(lam_lo, lam_hi, n) if n > 1 else np.array([lam_lo])
+    times = time_from_sigma_ratio(process, np.exp(-0.5 * lam))
+    if isinstance(process, GaussianDiffusion):
+        # nearest steps; several lambdas may share a step near the clean end: keep each step once
+        times = np.unique(times)[::-1].copy()
+    else:
+        times[0], times[-1] = ends[0], ends[-1]  # exact ends despite rounding of the inverse
+    return times, np.asarray(process.model_time(times)), _host(process.alpha(times)), _host(process.sigma(times))
+
+
+def dpmpp_2m(
+    model, process, *, steps=20, spacing="linspace", eps=None, clip_denoised=False, cond=None, prediction=None
+) -> Sampler:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) with x_0 predictions, written against the process interface.
+
+    Grid: ``time_grid`` (GaussianDiffusion: the respaced kept steps, ``spacing`` "linspace",
+    "leading", "trailing" or improved-diffusion's strings; SDEs: ``linspace(T, eps, steps)``), or
+    ``spacing="logsnr"``: uniform in lambda between the ends (GaussianDiffusion: the nearest steps,
+    each kept once, so there may be fewer than ``steps``). One model call per grid point (NFE = the
+    number of points); the step from the last point goes to the data (alpha = 1, sigma = 0), first
+    order, so the output is the last x_0 prediction (DDIM's ending). The first step is first order.
+    """
+    prediction = _default_prediction(process, prediction)
+    allowed = DPM_SPACINGS + (("leading", "trailing") if isinstance(process, GaussianDiffusion) else ())
+    check_choice(spacing, allowed, "spacing")
+    if spacing == "logsnr":
+        times, t_in, alpha, sigma = _logsnr_grid(process, steps, eps)
+    else:
+        if isinstance(process, GaussianDiffusion):
+            g = time_grid(process, steps, spacing=spacing, eps=eps)
+        else:
+            g = time_grid(process, steps, eps=_end_time(process, eps))
+        times, t_in, alpha, sigma = g.times, g.t_in, _host(g.alpha), _host(g.sigma)
+    n = times.shape[0]
+    lam = np.log(alpha) - np.log(sigma)  # Lu et al.'s lambda = log(alpha / sigma), half the log-SNR
+    alpha_next = np.append(alpha[1:], 1.0)
+    sigma_next = np.append(sigma[1:], 0.0)
+    h = np.append(lam[1:] - lam[:-1], np.inf)  # the step into the data has h = inf
+    c_x = sigma_next / sigma
+    c_d = -alpha_next * np.expm1(-h)
+    w_cur = np.ones(n)
+    w_prev = np.zeros(n)
+    if n > 2:  # second order on rows 1 .. n-2: r_i = h_{i-1} / h_i
+        r = h[:-2] / h[1:-1]
+        w_cur[1:-1] = 1.0 + 0.5 / r
+        w_prev[1:-1] = -0.5 / r
+    plan = DPMPlan(np.arange(n), np.asarray(t_in), alpha, sigma, c_x, c_d, w_cur, w_prev, alpha_next, sigma_next)
+
+    def init(x_T: Any) -> DPMState:
+        xp = array_namespace(x_T)
+        return DPMState(x_T, xp.zeros_like(x_T), initial_flag(x_T))
+
+    def step(state: DPMState, plan_i: tuple, noise_i: Any) -> DPMState:
+        p = DPMPlan(*plan_i)
+        d = _denoise(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond, clip_denoised)
+        D = p.w_cur * d.x0 + p.w_prev * state.x0_prev
+        x_next = p.c_x * state.x + p.c_d * D
+        return DPMState(x_next, d.x0, flag_nonfinite(state.bad_step, d.output, p.index))
+
+    return Sampler("dpmpp_2m", plan, init, step, _result, 0, n, np.asarray(times, dtype=np.float64))
+
+
+FACTORIES = {
+    "ode_euler": ode_euler,
+    "ode_heun": ode_heun,
+    "ode_rk4": ode_rk4,
+    "ode_dopri5": ode_dopri5,
+    "edm_heun": edm_heun,
+    "dpmpp_2m": dpmpp_2m,
+}
