@@ -182,7 +182,7 @@ def check_shape(shape: Any, sample_ids: Any = None) -> tuple[int, ...]:
     if any(s < 0 for s in out):
         raise ValueError(f"shape must be a sequence of non-negative integers; got {shape!r}")
     if sample_ids is not None:
-        ids_shape = tuple(getattr(sample_ids, "shape", (len(sample_ids),)))
+        ids_shape = tuple(sample_ids.shape) if hasattr(sample_ids, "shape") else (len(sample_ids),)
         if len(ids_shape) != 1:
             raise ValueError(f"sample_ids must be 1-D (one id per example); got shape {ids_shape}")
         if not out or out[0] != ids_shape[0]:
