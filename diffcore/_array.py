@@ -96,6 +96,16 @@ class TableCache:
         return {"_store": {}}
 
 
+def to_numpy(a: Any) -> np.ndarray:
+    """A host NumPy copy of an array of any supported namespace (outside any jit)."""
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        return a.detach().cpu().numpy()
+    if mod.startswith("array_api_strict"):
+        return np.from_dlpack(a)
+    return np.asarray(a)
+
+
 def default_dtype(xp: Any, kind: str = "real floating", device: Any = None) -> Any:
     """The namespace's default dtype of ``kind`` ("real floating", "integral", "indexing")."""
     try:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._array import array_device, array_namespace, as_xp, check_float_array, sum_flat
 
-__all__ = ["divergence_exact", "divergence_hutchinson", "DEFAULT_MAX_DIM"]
+__all__ = ["divergence_exact", "divergence_hutchinson", "as_probes", "DEFAULT_MAX_DIM"]
 
 #: the largest data dimension :func:`divergence_exact` accepts unless told otherwise
 DEFAULT_MAX_DIM = 64
@@ -94,6 +94,38 @@ def divergence_exact(
     return (out, total) if return_output else total
 
 
+def as_probes(x: Any, probes: Any, *, cast: bool = False) -> Any:
+    """Hutchinson probes for ``x`` as a (K, B, ...) array (a single (B, ...) probe gets K = 1).
+
+    Checks the namespace, the shape, K >= 1 and a real floating dtype equal to x's (``cast``:
+    converted to it instead).
+    """
+    xp = array_namespace(x)
+    try:
+        array_namespace(x, probes)
+    except TypeError:
+        raise TypeError(
+            f"probes must be an array of the namespace of x ({type(x).__name__}); got {type(probes).__name__}"
+        ) from None
+    shape = tuple(probes.shape)
+    if shape == tuple(x.shape):
+        probes = xp.expand_dims(probes, axis=0)
+    elif not (len(shape) == x.ndim + 1 and shape[1:] == tuple(x.shape)):
+        raise ValueError(
+            f"probes must have shape (K, *x.shape) = (K, {', '.join(map(str, x.shape))}) or x's shape "
+            f"{tuple(x.shape)}; got {shape}"
+        )
+    if probes.shape[0] < 1:
+        raise ValueError(f"probes must hold at least one probe (K >= 1); got shape {shape}")
+    if not xp.isdtype(probes.dtype, "real floating"):
+        raise TypeError(f"probes must be a real floating array; got dtype {probes.dtype}")
+    if probes.dtype != x.dtype:
+        if not cast:
+            raise TypeError(f"probes must have the dtype of x ({x.dtype}); got {probes.dtype}")
+        probes = xp.astype(probes, x.dtype)
+    return probes
+
+
 def divergence_hutchinson(
     backend: Any,
     f: Callable[[Any], Any],
@@ -113,25 +145,8 @@ def divergence_hutchinson(
     mode = _check_mode(mode)
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis and at least one data axis, (B, ...); got shape {tuple(x.shape)}")
-    try:
-        array_namespace(x, probes)
-    except TypeError:
-        raise TypeError(
-            f"probes must be an array of the namespace of x ({type(x).__name__}); got {type(probes).__name__}"
-        ) from None
-    shape = tuple(probes.shape)
-    if shape == tuple(x.shape):
-        probes = xp.expand_dims(probes, axis=0)
-    elif not (len(shape) == x.ndim + 1 and shape[1:] == tuple(x.shape)):
-        raise ValueError(
-            f"probes must have shape (K, *x.shape) = (K, {', '.join(map(str, x.shape))}) or x's shape "
-            f"{tuple(x.shape)}; got {shape}"
-        )
-    if probes.dtype != x.dtype:
-        raise TypeError(f"probes must have the dtype of x ({x.dtype}); got {probes.dtype}")
+    probes = as_probes(x, probes)
     count = probes.shape[0]
-    if count < 1:
-        raise ValueError("probes must hold at least one probe (K >= 1)")
     out, total = None, None
     for k in range(count):
         eps = probes[k, ...]

@@ -35,8 +35,9 @@ from ._array import (
     default_dtype,
     expand_to,
     sum_flat,
+    to_numpy,
 )
-from .autodiff import DEFAULT_MAX_DIM
+from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
 from .parametrization import to_score
@@ -163,13 +164,6 @@ class _BudgetedLoop:
         return self._bk.while_loop(c, b, (state, count), max_steps=self._NO_LIMIT)[0]
 
 
-def _to_host(a: Any) -> np.ndarray:
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        return a.detach().cpu().numpy()
-    if mod.startswith("array_api_strict"):
-        return np.from_dlpack(a)
-    return np.asarray(a)
 
 
 # --------------------------------------------------------------------------------- ODE likelihood
@@ -267,29 +261,6 @@ def _make_ode_step(
     return step
 
 
-def _check_probes(probes: Any, x: Any, xp: Any) -> Any:
-    """Explicit Hutchinson probes as a (K, B, ...) array of x's dtype."""
-    try:
-        array_namespace(x, probes)
-    except TypeError:
-        raise TypeError(
-            f"probes must be an array of the namespace of x ({type(x).__name__}); got {type(probes).__name__}"
-        ) from None
-    shape = tuple(probes.shape)
-    if shape == tuple(x.shape):
-        probes = xp.expand_dims(probes, axis=0)
-    elif not (len(shape) == x.ndim + 1 and shape[1:] == tuple(x.shape)):
-        raise ValueError(
-            f"probes must have shape (K, *x.shape) = (K, {', '.join(map(str, x.shape))}) or x's shape "
-            f"{tuple(x.shape)}; got {shape}"
-        )
-    if probes.shape[0] < 1:
-        raise ValueError(f"probes must hold at least one probe (K >= 1); got shape {shape}")
-    if not xp.isdtype(probes.dtype, "real floating"):
-        raise TypeError(f"probes must be a real floating array; got dtype {probes.dtype}")
-    return xp.astype(probes, x.dtype) if probes.dtype != x.dtype else probes
-
-
 def ode_likelihood(
     model: Callable[..., Any],
     sde: Any,
@@ -369,7 +340,7 @@ def ode_likelihood(
     if probes is not None:
         if divergence != "hutchinson":
             raise ValueError(f"probes are Hutchinson probes: they need divergence='hutchinson'; got {divergence!r}")
-        probes = _check_probes(probes, x, xp)
+        probes = as_probes(x, probes, cast=True)
     if dequantize_8bit:
         _check_8bit_range(x)
     device = array_device(x)
@@ -418,8 +389,8 @@ def ode_likelihood(
 
 def _raise_if_unfinished(out: _OdeState, T: float, max_steps: int, rtol: float, atol: float) -> None:
     """StepBudgetExceeded / FloatingPointError for examples that did not reach T (one host read)."""
-    failed = _to_host(out.failed)
-    t = np.asarray(_to_host(out.t), dtype=np.float64)
+    failed = to_numpy(out.failed)
+    t = np.asarray(to_numpy(out.t), dtype=np.float64)
     if failed.any():
         idx = np.flatnonzero(failed)
         raise FloatingPointError(
@@ -427,7 +398,7 @@ def _raise_if_unfinished(out: _OdeState, T: float, max_steps: int, rtol: float, 
             f"times {t[idx][:10].tolist()} even at a vanishing step size; the solve was abandoned"
         )
     if np.any(t != T):
-        steps = _to_host(out.steps)
+        steps = to_numpy(out.steps)
         idx = np.flatnonzero(t != T)
         err = StepBudgetExceeded(
             f"ode_likelihood: the solve ran out of its step budget (max_steps={max_steps}, rtol={rtol:g}, "

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import array_device, array_namespace, as_xp, concrete_min_max
+from ._array import array_device, array_namespace, as_xp, concrete_min_max, to_numpy
 
 __all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
 
@@ -94,8 +94,8 @@ class LossSecondMomentResampler(TimestepSampler):
 
     def update_with_losses(self, steps: Any, losses: Any) -> None:
         """Record per-example losses at their steps (host side: call outside any jit)."""
-        steps = np.asarray(_to_numpy(steps)).reshape(-1)
-        losses = np.asarray(_to_numpy(losses), dtype=np.float64).reshape(-1)
+        steps = np.asarray(to_numpy(steps)).reshape(-1)
+        losses = np.asarray(to_numpy(losses), dtype=np.float64).reshape(-1)
         if steps.shape != losses.shape:
             raise ValueError(f"steps and losses must have the same length; got {steps.shape[0]} and {losses.shape[0]}")
         if steps.size and (steps.min() < 0 or steps.max() >= self.num_timesteps):
@@ -129,15 +129,6 @@ class LossSecondMomentResampler(TimestepSampler):
         self._loss_history = history.copy()
         self._loss_counts = counts.copy()
         self.uniform_prob = float(state.get("uniform_prob", self.uniform_prob))
-
-
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-    try:
-        return np.asarray(a)
-    except TypeError:
-        return np.from_dlpack(a)
 
 
 def create_named_schedule_sampler(name: str, num_timesteps: int) -> TimestepSampler:

@@ -24,6 +24,9 @@ from ..parametrization import PREDICTIONS, to_eps, to_score, to_x0
 
 __all__ = [
     "Sampler",
+    "SampleState",
+    "init_state",
+    "final_x",
     "plan_to",
     "call_model",
     "flag_nonfinite",
@@ -54,6 +57,21 @@ class Sampler(NamedTuple):
     nfe: int | None
     times: np.ndarray
     drive: Callable[..., Any] | None = None
+
+
+class SampleState(NamedTuple):
+    """The state of a sampler that carries only x and the non-finite flag."""
+
+    x: Any
+    bad_step: Any
+
+
+def init_state(x_T: Any) -> SampleState:
+    return SampleState(x_T, initial_flag(x_T))
+
+
+def final_x(state: Any) -> Any:
+    return state.x
 
 
 def plan_to(plan: Any, xp: Any, dtype: Any, device: Any) -> tuple:

@@ -20,6 +20,9 @@ from .._array import array_namespace
 from ..diffusion import GaussianDiffusion
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
+    SampleState,
+    final_x,
+    init_state,
     Sampler,
     call_model,
     check_choice,
@@ -33,17 +36,6 @@ from .grid import time_grid
 __all__ = ["ddpm", "ddim"]
 
 
-class SampleState(NamedTuple):
-    x: Any
-    bad_step: Any
-
-
-def _init(x_T: Any) -> SampleState:
-    return SampleState(x_T, initial_flag(x_T))
-
-
-def _result(state: SampleState) -> Any:
-    return state.x
 
 
 # ----------------------------------------------------------------------------------------- DDPM
@@ -118,7 +110,7 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
         x_next = mean + p.noise_scale * xp.exp(0.5 * log_var) * noise_i[:, 0, ...]
         return SampleState(x_next, flag_nonfinite(state.bad_step, output, p.index))
 
-    return Sampler("ddpm", plan, _init, step, _result, 1, T, np.asarray(t, dtype=np.float64))
+    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(t, dtype=np.float64))
 
 
 # ----------------------------------------------------------------------------------------- DDIM
@@ -173,4 +165,4 @@ def ddim(
             x_next = x_next + p.c_noise * noise_i[:, 0, ...]
         return SampleState(x_next, flag_nonfinite(state.bad_step, d.output, p.index))
 
-    return Sampler("ddim", plan, _init, step, _result, 1 if eta > 0 else 0, n, grid.times)
+    return Sampler("ddim", plan, init_state, step, final_x, 1 if eta > 0 else 0, n, grid.times)

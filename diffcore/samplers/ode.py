@@ -32,11 +32,14 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._array import array_device, array_namespace, default_dtype, expand_to
-from ..backend import backend_for
+from ..backend import backend_for, check_max_steps
 from ..diffusion import GaussianDiffusion
 from ..parametrization import to_score
 from ..schedules import karras_sigmas
 from ._base import (
+    SampleState,
+    final_x,
+    init_state,
     Sampler,
     call_model,
     check_choice,
@@ -63,17 +66,6 @@ __all__ = [
 ]
 
 
-class ODEState(NamedTuple):
-    x: Any
-    bad_step: Any
-
-
-def _init(x_T: Any) -> ODEState:
-    return ODEState(x_T, initial_flag(x_T))
-
-
-def _result(state: Any) -> Any:
-    return state.x
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -313,7 +305,7 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
     plan = Plan(**{key: (col.astype(np.int64) if key == "index" else np.asarray(col, dtype=np.float64)) for key, col in cols.items()})
 
     def make_step(used: int):
-        def step(state: ODEState, plan_i: tuple, noise_i: Any) -> ODEState:
+        def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
             p = Plan(*plan_i)
             x = state.x
             x_next = x
@@ -324,14 +316,14 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
                 score = to_score(out, prediction, xk, getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}"))
                 slope = getattr(p, f"f_{k}") * xk - 0.5 * getattr(p, f"g2_{k}") * score
                 x_next = x_next + getattr(p, f"b_{k}") * slope
-            return ODEState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
+            return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
         return step
 
     step = make_step(S)
     drive = _split_drive(make_step(1)) if denoise_end and S > 1 else None
     nfe = steps * S + (1 if denoise_end else 0)
-    return Sampler(name, plan, _init, step, _result, 0, nfe, times, drive)
+    return Sampler(name, plan, init_state, step, final_x, 0, nfe, times, drive)
 
 
 def ode_euler(model, process, *, steps=100, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
@@ -408,8 +400,7 @@ def ode_dopri5(
     _check_sde(process, "ode_dopri5")
     rtol = check_positive(rtol, "rtol")
     atol = check_positive(atol, "atol")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    max_steps = check_max_steps(max_steps)
     if h0 is not None:
         h0 = check_positive(h0, "h0")
     eps = _end_time(process, eps)
@@ -450,7 +441,7 @@ def ode_dopri5(
             progress(1, 1)
         return state
 
-    return Sampler("ode_dopri5", plan, init, step, _result, 0, None, np.array([float(process.T)]), drive)
+    return Sampler("ode_dopri5", plan, init, step, final_x, 0, None, np.array([float(process.T)]), drive)
 
 
 # ------------------------------------------------------------------------------------ EDM
@@ -567,7 +558,7 @@ def edm_heun(
         return _denoise(model, alpha * x_tilde, t_in, alpha, alpha * s_, prediction, cond, clip_denoised)
 
     def make_step(corrector: bool):
-        def step(state: ODEState, plan_i: tuple, noise_i: Any) -> ODEState:
+        def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
             p = EDMPlan(*plan_i)
             x_tilde = state.x / p.alpha
             if churn:
@@ -583,13 +574,13 @@ def edm_heun(
             else:
                 x_next = x_tilde + p.w_d * d
             x_next = p.alpha_next * x_next
-            return ODEState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
+            return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
         return step
 
     step = make_step(True)
     return Sampler(
-        "edm_heun", plan, _init, step, _result, 1 if churn else 0, 2 * N - 1, np.asarray(t_cur, dtype=np.float64),
+        "edm_heun", plan, init_state, step, final_x, 1 if churn else 0, 2 * N - 1, np.asarray(t_cur, dtype=np.float64),
         _split_drive(make_step(False)),
     )
 
@@ -705,7 +696,7 @@ def dpmpp_2m(
         x_next = p.c_x * state.x + p.c_d * D
         return DPMState(x_next, d.x0, flag_nonfinite(state.bad_step, d.output, p.index))
 
-    return Sampler("dpmpp_2m", plan, init, step, _result, 0, n, np.asarray(times, dtype=np.float64))
+    return Sampler("dpmpp_2m", plan, init, step, final_x, 0, n, np.asarray(times, dtype=np.float64))
 
 
 FACTORIES = {

@@ -58,6 +58,9 @@ import numpy as np
 from .._array import array_namespace, expand_to, sum_flat
 from ..sde import SDE, VESDE, VPSDE, subVPSDE
 from ._base import (
+    SampleState,
+    final_x,
+    init_state,
     Sampler,
     check_choice,
     check_prediction,
@@ -77,17 +80,6 @@ ORDERS = ("predictor_first", "corrector_first")
 NORMS = ("per_sample", "batch_mean")
 
 
-class SDEState(NamedTuple):
-    x: Any
-    bad_step: Any
-
-
-def _init(x_T: Any) -> SDEState:
-    return SDEState(x_T, initial_flag(x_T))
-
-
-def _result(state: SDEState) -> Any:
-    return state.x
 
 
 def _host(a: Any) -> np.ndarray:
@@ -111,11 +103,11 @@ class LangevinPlan(NamedTuple):
 def _langevin_step(model, prediction: str, cond: Any):
     """x <- x + a s(x) + c z (c = sqrt(2a), or 0 for a denoising step)."""
 
-    def step(state: SDEState, plan_i: tuple, noise_i: Any) -> SDEState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
         p = LangevinPlan(*plan_i)
         s, _ = model_score(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond)
         x = state.x + p.step_size * s + p.noise_scale * noise_i[:, 0, ...]
-        return SDEState(x, flag_nonfinite(state.bad_step, x, p.index))
+        return SampleState(x, flag_nonfinite(state.bad_step, x, p.index))
 
     return step
 
@@ -147,7 +139,7 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None
     plan = LangevinPlan(
         np.arange(steps), full(t_in), full(alpha), full(sigma), full(a), full(math.sqrt(2.0 * a)), full(alpha), full(sigma)
     )
-    return Sampler("langevin", plan, _init, _langevin_step(model, prediction, cond), _result, 1, steps, full(t))
+    return Sampler("langevin", plan, init_state, _langevin_step(model, prediction, cond), final_x, 1, steps, full(t))
 
 
 def annealed_langevin(
@@ -197,7 +189,7 @@ def annealed_langevin(
     if final_denoise:
         sigma_next[-1] = 0.0  # x + sigma_L^2 s is the posterior mean: no noise left
     plan = LangevinPlan(np.arange(n), _host(process.model_time(t)), alpha, sigma, a, noise, alpha, sigma_next)
-    return Sampler("annealed_langevin", plan, _init, _langevin_step(model, prediction, cond), _result, 1, n, t)
+    return Sampler("annealed_langevin", plan, init_state, _langevin_step(model, prediction, cond), final_x, 1, n, t)
 
 
 # --------------------------------------------------------------------------- predictor-corrector
@@ -302,7 +294,7 @@ def _pc_step(model, prediction: str, cond: Any, M: int, predictor_first: bool, p
             x = x + step * s + (p.c_last * noise if m == M - 1 else noise)
         return x
 
-    def step(state: SDEState, plan_i: tuple, noise_i: Any) -> SDEState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
         p = PCPlan(*plan_i)
         x = state.x
         if M and not predictor_first:
@@ -311,7 +303,7 @@ def _pc_step(model, prediction: str, cond: Any, M: int, predictor_first: bool, p
         x = p.c_x * x + p.c_s * s + p.c_z * noise_i[:, 0, ...]
         if M and predictor_first:
             x = correct(x, p, noise_i)
-        return SDEState(x, flag_nonfinite(state.bad_step, x, p.index))
+        return SampleState(x, flag_nonfinite(state.bad_step, x, p.index))
 
     return step
 
@@ -409,7 +401,7 @@ def _predictor_corrector(
         sigma_next=sigma_next,
     )
     step = _pc_step(model, prediction, cond, M, predictor_first, norm == "per_sample")
-    return Sampler(name, plan, _init, step, _result, 1 + M, rows * (1 + M), np.asarray(t_pred, dtype=np.float64))
+    return Sampler(name, plan, init_state, step, final_x, 1 + M, rows * (1 + M), np.asarray(t_pred, dtype=np.float64))
 
 
 def _predictor_sampler(predictor: str):

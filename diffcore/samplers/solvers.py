@@ -31,8 +31,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._array import array_device, array_namespace, default_dtype, is_traced
-from ..backend import StepBudgetExceeded
+from .._array import array_device, array_namespace, default_dtype, is_traced, to_numpy
+from ..backend import StepBudgetExceeded, check_max_steps
 from ._base import check_positive
 
 __all__ = ["dopri5", "DopriResult", "DopriState"]
@@ -120,8 +120,7 @@ def dopri5(
     """
     rtol = check_positive(rtol, "rtol")
     atol = check_positive(atol, "atol")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
+    max_steps = check_max_steps(max_steps)
     if h0 is not None:
         h0 = check_positive(h0, "h0")
     if not callable(fn):
@@ -269,7 +268,7 @@ def dopri5(
     except StepBudgetExceeded as exc:
         times = None
         if isinstance(exc.state, DopriState):
-            times = np.asarray(_to_numpy(exc.state.t), dtype=np.float64)
+            times = np.asarray(to_numpy(exc.state.t), dtype=np.float64)
         where = "" if times is None else f"; times reached per example: {np.array2string(times, precision=6, threshold=20)}"
         err = StepBudgetExceeded(
             f"dopri5 ran out of its step budget: {exc.steps} steps taken (max_steps={max_steps}) before every "
@@ -281,10 +280,10 @@ def dopri5(
         raise err from None
 
     if raise_on_failure and not is_traced(state.failed):
-        failed = np.asarray(_to_numpy(state.failed))
+        failed = np.asarray(to_numpy(state.failed))
         if failed.any():
             idx = np.flatnonzero(failed)
-            times = np.asarray(_to_numpy(state.t), dtype=np.float64)[idx]
+            times = np.asarray(to_numpy(state.t), dtype=np.float64)[idx]
             raise FloatingPointError(
                 f"dopri5: fn returned non-finite values for example(s) {idx[:10].tolist()} at times "
                 f"{times[:10].tolist()} even at a vanishing step size; the solve was abandoned"
@@ -318,10 +317,3 @@ def _times(xp: Any, t: Any, B: int, dtype: Any, device: Any, name: str) -> Any:
     return xp.broadcast_to(t, (B,)) if t.ndim == 0 else t
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        return a.detach().cpu().numpy()
-    if mod.startswith("array_api_strict"):
-        return np.from_dlpack(a)
-    return np.asarray(a)
