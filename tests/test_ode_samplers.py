@@ -568,3 +568,13 @@ def test_bad_input():
         build("edm_heun", model, zt)
     with pytest.raises(ValueError, match="s \\(sigma / alpha\\) must be finite and >= 0"):
         time_from_sigma_ratio(p, np.array([-1.0]))
+
+
+def test_edm_starts_from_noise_at_its_own_sigma_max():
+    """A user sigma_max below the process's: the prior draw is rescaled to pure noise at sigma_max."""
+    data = GaussianMixture(np.array([1.0]), np.zeros((1, 1)), np.array([1.0]))
+    for process in (diffcore.VESDE(), diffcore.VPSDE()):
+        x = diffcore.sample("edm_heun", data.as_model(process, "eps"), process, (4000, 1), steps=30,
+                            prediction="eps", sigma_max=10.0).x
+        # from pure noise at sigma~ = 10 the data std 1 is reached up to 1/sqrt(1 + 1/100) and sampling noise
+        assert abs(np.std(x) - 1.0) < 0.05, (type(process).__name__, np.std(x))

@@ -277,21 +277,33 @@ def test_classifier_free_guidance_mixes_predictions():
     x = np.random.default_rng(0).standard_normal((6, 2))
     t_in = np.full(6, 40)
     cond = np.array([0, 1, 0, 1, 1, 0])
-    for guide in ("eps", "x0"):
-        g1 = diffcore.samplers.control.classifier_free_guidance(model, d, 1.0, guide=guide)
-        np.testing.assert_allclose(g1(x, t_in, cond), model(x, t_in, cond), rtol=1e-12)
-        g0 = diffcore.samplers.control.classifier_free_guidance(model, d, 0.0, guide=guide)
-        np.testing.assert_allclose(g0(x, t_in, cond), model(x, t_in), rtol=1e-12, atol=1e-14)
-        g3 = diffcore.samplers.control.classifier_free_guidance(model, d, 3.0, guide=guide)
-        u, c = model(x, t_in), model(x, t_in, cond)
-        np.testing.assert_allclose(g3(x, t_in, cond), u + 3.0 * (c - u), rtol=1e-10)  # eps and x0 are affine in each other
+    cfg = diffcore.samplers.control.classifier_free_guidance
+    np.testing.assert_allclose(cfg(model, 1.0)(x, t_in, cond), model(x, t_in, cond), rtol=1e-12)
+    np.testing.assert_allclose(cfg(model, 0.0)(x, t_in, cond), model(x, t_in), rtol=1e-12, atol=1e-14)
+    u, c = model(x, t_in), model(x, t_in, cond)
+    np.testing.assert_allclose(cfg(model, 3.0)(x, t_in, cond), u + 3.0 * (c - u), rtol=1e-10)
+    # guiding eps is guiding x_0: mixing in either space gives the same x_0
+    a, s = d.sqrt_alphas_cumprod[40], d.sqrt_one_minus_alphas_cumprod[40]
+    x0_mix = (x - s * u) / a + 3.0 * ((x - s * c) / a - (x - s * u) / a)
+    np.testing.assert_allclose((x - s * cfg(model, 3.0)(x, t_in, cond)) / a, x0_mix, rtol=1e-10)
+    # learned variance: the mean channels are mixed, the variance channels are the conditional ones
+    lv = lambda x, t, y=None: np.concatenate([model(x, t, y), np.full_like(x, 0.1 if y is None else 0.7)], axis=1)
+    out = cfg(lv, 2.0, learned_variance=True)(x, t_in, cond)
+    np.testing.assert_allclose(out[:, :2], u + 2.0 * (c - u), rtol=1e-10)
+    np.testing.assert_array_equal(out[:, 2:], 0.7)
     # the guided model samples the conditional component at scale 1
-    g = diffcore.samplers.control.classifier_free_guidance(model, d, 1.0)
-    out = sample("ddim", g, d, (N, 2), seed=0, steps=50, cond=np.zeros(N, dtype=int)).x
+    out = sample("ddim", cfg(model, 1.0), d, (N, 2), seed=0, steps=50, cond=np.zeros(N, dtype=int)).x
     ref = exact_samples(comps[0], N, 1)
     assert energy_distance(out, ref) < 0.01
     with pytest.raises(TypeError, match="needs a conditional model"):
-        diffcore.samplers.control.classifier_free_guidance(lambda x, t: x, d, 2.0)
+        cfg(lambda x, t: x, 2.0)
+
+
+def test_classifier_free_guidance_stays_finite_at_zero_terminal_snr():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 50, rescale_zero_terminal_snr=True), model_mean_type="x0")
+    model = lambda x, t, y=None: 0.5 * x + (0.0 if y is None else 0.2)
+    r = sample("ddim", diffcore.samplers.control.classifier_free_guidance(model, 4.0), d, (8, 2), steps=10, cond=np.ones(8))
+    assert np.all(np.isfinite(r.x))
 
 
 def test_classifier_guidance_recovers_the_class_conditional_score():
@@ -370,3 +382,41 @@ def test_drivers_use_the_callers_backend():
     calls.clear()
     sample("edm_heun", model, sde, (4, 2), backend=Recording(), steps=5, prediction="score")
     assert calls and set(calls) == {"loop"}
+
+
+def test_no_value_reads_inside_the_sampling_loop(monkeypatch):
+    """Times and steps come from the plan: the loop must not read array values (a sync per step on GPUs)."""
+    import diffcore._array as arr
+
+    reads = []
+    real = arr.concrete_min_max
+
+    def counting(x):
+        out = real(x)
+        if out is not None:
+            reads.append(tuple(x.shape))
+        return out
+
+    monkeypatch.setattr(arr, "concrete_min_max", counting)
+    d, vp = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100)), diffcore.VPSDE()
+    counts = []
+    for steps, rtol in ((10, 1e-2), (40, 1e-5)):  # reads while building the plan are fine; none per step
+        reads.clear()
+        sample("ddpm", two_gaussians_2d().as_model(d, "eps"), d, (4, 2), steps=steps)
+        sample("ode_dopri5", two_gaussians_2d().as_model(vp, "score"), vp, (4, 2), rtol=rtol, atol=rtol)
+        counts.append(len(reads))
+    assert counts[0] == counts[1] <= 6, counts
+    # outside a loop the checks still read values
+    with pytest.raises(ValueError, match="t must lie in"):
+        d.q_sample(np.zeros((1, 2)), np.array([100]), noise=np.zeros((1, 2)))
+
+
+def test_prediction_defaults_to_what_the_model_declares():
+    vp = diffcore.VPSDE()
+    score_model = two_gaussians_2d().as_model(vp, "score")
+    x_T = np.array([[1.44369095, -0.89594598]])  # an x_T that diverges when a score is read as eps
+    for name in ("ode_dopri5", "ode_heun", "dpmpp_2m", "ddim", "edm_heun", "pc"):
+        x = sample(name, score_model, vp, (1, 2), x_T=x_T).x
+        assert np.all(np.abs(x) < 5), (name, x)
+    with pytest.raises(ValueError, match="prediction='eps' but the model declares that it predicts 'score'"):
+        sample("ddim", score_model, vp, (1, 2), prediction="eps")

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._array import array_namespace, default_dtype
+from .._array import array_namespace, default_dtype, values_checked_upstream
 from ..backend import Backend, backend as _get_backend
 from ._base import Sampler, plan_to
 from .ancestral import ddim, ddpm
@@ -110,10 +110,11 @@ def sample(
         sample_ids=sample_ids if noise_shape is not None else None,
         progress=progress,
     )
-    if sampler.drive is not None:
-        state = sampler.drive(sampler.step, state, plan, backend=bk, **loop_options)
-    else:
-        state = bk.loop(sampler.step, state, plan, **loop_options)
+    with values_checked_upstream():  # the plan's times are valid by construction: no sync per step
+        if sampler.drive is not None:
+            state = sampler.drive(sampler.step, state, plan, backend=bk, **loop_options)
+        else:
+            state = bk.loop(sampler.step, state, plan, **loop_options)
     bad = int(state.bad_step)
     if bad >= 0:
         raise FloatingPointError(

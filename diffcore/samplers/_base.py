@@ -157,3 +157,13 @@ def check_positive(value: Any, name: str) -> float:
 
 def check_prediction(prediction: str) -> str:
     return check_choice(prediction, PREDICTIONS, "prediction")
+
+
+def resolve_prediction(model: Any, process: Any, prediction: str | None, fallback: str) -> str:
+    """What the model outputs: ``prediction`` if given, else what the model declares
+    (``model.prediction``, e.g. analytic models), else the process's ``model_mean_type``, else
+    ``fallback``. A given value that contradicts the model's declaration is refused."""
+    declared = getattr(model, "prediction", None)
+    if prediction is not None and declared is not None and prediction != declared:
+        raise ValueError(f"prediction={prediction!r} but the model declares that it predicts {declared!r}")
+    return check_prediction(prediction or declared or getattr(process, "model_mean_type", None) or fallback)

@@ -20,6 +20,7 @@ from .._array import array_namespace
 from ..diffusion import GaussianDiffusion
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
+    resolve_prediction,
     SampleState,
     final_x,
     init_state,
@@ -64,7 +65,7 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
             f"the 'ddpm' sampler needs a GaussianDiffusion process; got {type(process).__name__} "
             "(for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama')"
         )
-    prediction = check_prediction(prediction or process.model_mean_type)
+    prediction = resolve_prediction(model, process, prediction, "eps")
     chain = process if steps is None else process.respace(steps, spacing)
     T = chain.num_timesteps
     t = np.arange(T - 1, -1, -1)
@@ -146,7 +147,7 @@ def ddim(
         raise TypeError(f"eta must be a number in [0, 1]; got {eta!r}") from None
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
-    prediction = check_prediction(prediction or getattr(process, "model_mean_type", "eps"))
+    prediction = resolve_prediction(model, process, prediction, "eps")
     grid = time_grid(process, steps, spacing=spacing, eps=eps)
     alpha, sigma = grid.alpha, grid.sigma
     alpha_next = np.append(alpha[1:], 1.0)

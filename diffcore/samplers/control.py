@@ -7,8 +7,9 @@
   parts are independent, biased where they are correlated (docs/samplers.md measures it).
 - Classifier guidance (Dhariwal & Nichol 2021; Song et al. 2021, eq. 14): score + scale * grad_x
   log p_t(y | x), i.e. eps - scale * sigma * grad, the gradient from the backend.
-- Classifier-free guidance (Ho & Salimans 2021): uncond + scale * (cond - uncond), mixing eps or
-  x_0 predictions; learned-variance channels keep the conditional prediction.
+- Classifier-free guidance (Ho & Salimans 2021): uncond + scale * (cond - uncond); mixing eps or
+  x_0 is the same (they are affine in each other at fixed x_t); learned-variance channels keep the
+  conditional prediction.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-import numpy as np
-
 from .._array import array_namespace, expand_to
-from ..parametrization import split_learned_variance, to_eps, to_x0
-from ._base import Sampler, check_choice
+from ..parametrization import split_learned_variance, to_eps
+from ._base import Sampler
 
 __all__ = ["inpaint", "classifier_free_guidance", "classifier_guidance"]
 
@@ -102,48 +101,33 @@ def _from_eps(eps: Any, prediction: str, x: Any, alpha: Any, sigma: Any) -> Any:
     return {"x0": x0, "v": alpha * eps - sigma * x0, "score": -eps / sigma, "scaled_score": -eps}[prediction]
 
 
-def _from_x0(x0: Any, prediction: str, x: Any, alpha: Any, sigma: Any) -> Any:
-    if prediction == "x0":
-        return x0
-    eps = (x - alpha * x0) / sigma
-    return _from_eps(eps, prediction, x, alpha, sigma)
-
-
 def classifier_free_guidance(
     model: Callable[..., Any],
-    process: Any,
     scale: float,
     *,
-    prediction: str = "eps",
-    guide: str = "eps",
     null_cond: Any = None,
     learned_variance: bool = False,
 ) -> Callable[..., Any]:
     """A model that mixes conditional and unconditional predictions: uncond + scale (cond - uncond).
 
-    ``guide`` picks what is mixed ("eps" or "x0"); the result is returned in the model's own
-    ``prediction``. The unconditional prediction is ``model(x, t_in, null_cond)``. With
-    ``learned_variance`` the variance channels (second half of axis 1) are the conditional ones.
+    At fixed x_t, eps, x_0, v and the score are affine in one another with the same coefficients
+    for both predictions, so mixing the model's own outputs *is* guiding eps (or x_0, or v): the
+    result is the same in every parametrisation, and no division by alpha or sigma is needed (which
+    keeps zero-terminal-SNR schedules finite). The unconditional prediction is
+    ``model(x, t_in, null_cond)``. With ``learned_variance`` the variance channels (second half of
+    axis 1) are the conditional ones (Ho & Salimans 2021; Nichol et al. 2022).
     """
     _check_conditional(model, "classifier-free guidance")
-    check_choice(guide, ("eps", "x0"), "guide")
     scale = float(scale)
 
     def guided(x: Any, t_in: Any, cond: Any = None) -> Any:
         out_c = model(x, t_in, cond)
         out_u = model(x, t_in, null_cond)
-        var_c = None
-        if learned_variance:
-            out_c, var_c = split_learned_variance(out_c, x.shape[1])
-            out_u, _ = split_learned_variance(out_u, x.shape[1])
-        alpha, sigma = _coefficients(process, t_in, x)
-        convert, back = (to_eps, _from_eps) if guide == "eps" else (to_x0, _from_x0)
-        g_c = convert(out_c, prediction, x, alpha, sigma)
-        g_u = convert(out_u, prediction, x, alpha, sigma)
-        out = back(g_u + scale * (g_c - g_u), prediction, x, alpha, sigma)
-        if var_c is not None:
-            out = array_namespace(x).concat([out, var_c], axis=1)
-        return out
+        if not learned_variance:
+            return out_u + scale * (out_c - out_u)
+        mean_c, var_c = split_learned_variance(out_c, x.shape[1])
+        mean_u, _ = split_learned_variance(out_u, x.shape[1])
+        return array_namespace(x).concat([mean_u + scale * (mean_c - mean_u), var_c], axis=1)
 
     return guided
 

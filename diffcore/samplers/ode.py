@@ -37,6 +37,7 @@ from ..diffusion import GaussianDiffusion
 from ..parametrization import to_score
 from ..schedules import karras_sigmas
 from ._base import (
+    resolve_prediction,
     SampleState,
     final_x,
     init_state,
@@ -69,10 +70,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _default_prediction(process: Any, prediction: str | None) -> str:
-    return check_prediction(prediction or getattr(process, "model_mean_type", "eps"))
 
 
 def _check_sde(process: Any, sampler: str) -> None:
@@ -266,7 +263,7 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
     _check_sde(process, name)
     steps = check_steps(steps)
     eps = _end_time(process, eps)
-    prediction = _default_prediction(process, prediction)
+    prediction = resolve_prediction(model, process, prediction, "eps")
     c, a, b = _TABLEAUX[method]
     S = len(c)
     Plan = _PLANS[method]
@@ -404,7 +401,7 @@ def ode_dopri5(
     if h0 is not None:
         h0 = check_positive(h0, "h0")
     eps = _end_time(process, eps)
-    prediction = _default_prediction(process, prediction)
+    prediction = resolve_prediction(model, process, prediction, "eps")
     end = _sde_coefficients(process, np.array([eps]))
     plan = DopriPlan(
         np.array([0]), np.array([float(process.T)]), np.array([eps]), end["t_in"], end["alpha"], end["sigma"]
@@ -491,7 +488,7 @@ def edm_heun(
     clipped to the process's largest sigma~ (time T cannot be exceeded).
     """
     N = check_steps(steps)
-    prediction = _default_prediction(process, prediction)
+    prediction = resolve_prediction(model, process, prediction, "eps")
     rho = check_positive(rho, "rho")
     S_churn = _check_nonnegative(S_churn, "S_churn")
     S_noise = _check_nonnegative(S_noise, "S_noise")
@@ -578,9 +575,16 @@ def edm_heun(
 
         return step
 
+    # EDM starts from pure noise at sigma~_max: x~ = sigma~_max z, i.e. x = alpha sigma~_max z. The prior
+    # draw is prior_std z, so it is rescaled (a no-op for VE and ~1 for VP at their own sigma~_max).
+    start_scale = float(alpha_cur[0] * s_max / getattr(process, "prior_std", 1.0))
+
+    def init(x_T: Any) -> SampleState:
+        return init_state(x_T * start_scale if start_scale != 1.0 else x_T)
+
     step = make_step(True)
     return Sampler(
-        "edm_heun", plan, init_state, step, final_x, 1 if churn else 0, 2 * N - 1, np.asarray(t_cur, dtype=np.float64),
+        "edm_heun", plan, init, step, final_x, 1 if churn else 0, 2 * N - 1, np.asarray(t_cur, dtype=np.float64),
         _split_drive(make_step(False)),
     )
 
@@ -659,7 +663,7 @@ def dpmpp_2m(
     number of points); the step from the last point goes to the data (alpha = 1, sigma = 0), first
     order, so the output is the last x_0 prediction (DDIM's ending). The first step is first order.
     """
-    prediction = _default_prediction(process, prediction)
+    prediction = resolve_prediction(model, process, prediction, "eps")
     allowed = DPM_SPACINGS + (("leading", "trailing") if isinstance(process, GaussianDiffusion) else ())
     check_choice(spacing, allowed, "spacing")
     if spacing == "logsnr":

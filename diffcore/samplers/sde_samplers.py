@@ -3,7 +3,7 @@ predictor-corrector samplers of score SDEs (Song et al. 2021).
 
 All of them move x with the score s = grad_x log p_t(x), taken from the model output through
 :func:`diffcore.parametrization.to_score` with the plan's alpha and sigma at the evaluation time
-(``prediction="score"`` by default; analytic models: ``mixture.as_model(process, "score")``).
+(``prediction=None`` by default; analytic models: ``mixture.as_model(process, "score")``).
 
 - ``langevin``: x <- x + a s(x) + sqrt(2 a) z for a fixed target (one noise level). It cannot
   cross between well-separated modes: use it on unimodal or overlapping targets, or anneal.
@@ -58,6 +58,7 @@ import numpy as np
 from .._array import array_namespace, expand_to, sum_flat
 from ..sde import SDE, VESDE, VPSDE, subVPSDE
 from ._base import (
+    resolve_prediction,
     SampleState,
     final_x,
     init_state,
@@ -112,16 +113,16 @@ def _langevin_step(model, prediction: str, cond: Any):
     return step
 
 
-def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None, prediction="score") -> Sampler:
+def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None, prediction=None) -> Sampler:
     """Unadjusted Langevin dynamics x <- x + a s(x) + sqrt(2 a) z at one noise level.
 
     The model is called with ``t_in`` (default: the process's model time at t = 0; 0.0 without a
-    process). Without a process only ``prediction="score"`` is possible (no alpha, sigma to
+    process). Without a process only ``prediction=None`` is possible (no alpha, sigma to
     convert with). Its stationary law is the target up to an O(a) bias.
     """
     a = check_positive(step_size, "step_size")
     steps = check_steps(steps)
-    prediction = check_prediction(prediction)
+    prediction = resolve_prediction(model, process, prediction, "score")
     if process is None:
         if prediction != "score":
             raise ValueError(f"prediction {prediction!r} needs a process to convert to a score; got process=None")
@@ -151,7 +152,7 @@ def annealed_langevin(
     step_lr=6.2e-6,
     final_denoise=True,
     cond=None,
-    prediction="score",
+    prediction=None,
 ) -> Sampler:
     """NCSN's annealed Langevin dynamics on a VE process (Song & Ermon 2019, Alg. 1; 2020).
 
@@ -172,7 +173,7 @@ def annealed_langevin(
         raise ValueError(f"num_scales must be at least 2 (a ladder from sigma_max to sigma_min); got {num_scales!r}")
     T_each = check_steps(steps_per_level, "steps_per_level")
     lr = check_positive(step_lr, "step_lr")
-    prediction = check_prediction(prediction)
+    prediction = resolve_prediction(model, process, prediction, "score")
     t_levels = np.linspace(process.T, 0.0, L)
     sig = _host(process.sigma(t_levels))
     t = np.repeat(t_levels, T_each)
@@ -330,7 +331,7 @@ def _predictor_corrector(
     corrector = check_choice(corrector, CORRECTORS, "corrector")
     order = check_choice(order, ORDERS, "order")
     norm = check_choice(norm, NORMS, "norm")
-    prediction = check_prediction(prediction)
+    prediction = resolve_prediction(model, process, prediction, "score")
     if predictor == "ancestral" and not (isinstance(process, VESDE) or _has_vp_chain(process)):
         raise TypeError(
             f"the ancestral predictor needs a discrete chain: VESDE or VPSDE; got process={type(process).__name__} "
@@ -418,7 +419,7 @@ def _predictor_sampler(predictor: str):
         denoise=True,
         eps=None,
         cond=None,
-        prediction="score",
+        prediction=None,
     ) -> Sampler:
         return _predictor_corrector(
             predictor, model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
@@ -453,7 +454,7 @@ def pc(
     denoise=True,
     eps=None,
     cond=None,
-    prediction="score",
+    prediction=None,
 ) -> Sampler:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): ``predictor`` one of
     'euler_maruyama', 'reverse_diffusion' (default), 'ancestral'; Langevin corrector with
