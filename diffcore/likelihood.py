@@ -43,6 +43,7 @@ from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
 from .parametrization import to_score
 from .samplers._base import call_model, check_choice, check_positive, check_steps
+from .samplers.grid import end_time
 from .samplers.solvers import dopri5
 
 __all__ = [
@@ -324,12 +325,7 @@ def ode_likelihood(
     rtol = check_positive(rtol, "rtol")
     atol = check_positive(atol, "atol")
     max_steps = check_steps(max_steps, "max_steps")
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a number; got {eps!r}") from None
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, {sde.T}); got {eps}")
+    eps = end_time(sde, eps)
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"prior_logp must be callable prior_logp(z) -> (B,); got {type(prior_logp).__name__}")
     B, D = x.shape[0], math.prod(x.shape[1:])

@@ -104,6 +104,13 @@ class SDE:
         out = fn(_working(t))
         return xp.astype(out, dtype) if dtype is not None and out.dtype != dtype else out
 
+    def _gather_chain(self, name: str, table: np.ndarray, i: Any, x: Any) -> Any:
+        """A float64 host table of the N-step chain (derived before any cast), gathered at the steps
+        ``i`` and cast to x's dtype on x's device."""
+        xp = array_namespace(x)
+        converted = self._cache.get(name, table, xp, x.dtype, array_device(x))
+        return xp.reshape(xp.take(converted, xp.reshape(i, (-1,)), axis=0), i.shape)
+
     # -- score_sde's methods ---------------------------------------------------------------------
     def sde(self, x: Any, t: Any) -> tuple[Any, Any]:
         """(drift f(x, t), diffusion g(t)): drift has x's shape, diffusion one entry per example."""
@@ -206,9 +213,15 @@ class VPSDE(SDE):
         return 2.0 * lmc - xp.log(-xp.expm1(2.0 * lmc))
 
     def _step_index(self, t):
-        """score_sde's map from t to the discrete step: floor(t (N - 1) / T) (integer truncation)."""
+        """score_sde's map from t to the discrete step: floor(t (N - 1) / T) (integer truncation).
+
+        A relative 1e-9 guards the grid points themselves: t = k / (N - 1) computed in floating point
+        can land a hair below k and truncate to k - 1 (an off-by-one on a grid ending at t = 0).
+        """
         xp = array_namespace(t)
-        return xp.astype(xp.floor(t * ((self.N - 1) / self.T)), default_dtype(xp, "indexing"))
+        scaled = _working(t) * ((self.N - 1) / self.T)  # bf16 cannot even hold 999
+        index = xp.astype(xp.floor(scaled + 1e-9 * (self.N - 1)), default_dtype(xp, "indexing"))
+        return xp.clip(index, min=0, max=self.N - 1)
 
     def discretize(self, x, t):
         """DDPM's discretisation: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z, i = floor(t (N-1))."""
@@ -221,10 +234,9 @@ class VPSDE(SDE):
         t = self._time_like(t, x)
         xp = array_namespace(x)
         i = self._step_index(t)
-        table = self._cache.get("discrete_betas", self.discrete_betas, xp, x.dtype, array_device(x))
-        beta = xp.reshape(xp.take(table, xp.reshape(i, (-1,)), axis=0), i.shape)
-        f = (expand_to(xp.sqrt(1.0 - beta), x) - 1.0) * x
-        return f, xp.sqrt(beta)
+        f_coef = self._gather_chain("discrete_f", np.sqrt(self.alphas) - 1.0, i, x)
+        G = self._gather_chain("discrete_G", np.sqrt(self.discrete_betas), i, x)
+        return expand_to(f_coef, x) * x, G
 
     def model_time(self, t):
         """The network's time input: (N - 1) t, as score_sde feeds its VP / sub-VP networks."""
@@ -308,12 +320,9 @@ class VESDE(SDE):
         t = self._time_like(t, x)
         xp = array_namespace(x)
         i = VPSDE._step_index(self, t)
-        table = self._cache.get("discrete_sigmas", self.discrete_sigmas, xp, x.dtype, array_device(x))
-        i1 = xp.reshape(i, (-1,))
-        sigma = xp.take(table, i1, axis=0)
-        adjacent = xp.where(i1 == 0, 0.0 * sigma, xp.take(table, xp.clip(i1 - 1, min=0), axis=0))
-        G = xp.sqrt(sigma**2 - adjacent**2)
-        return xp.zeros_like(x), xp.reshape(G, i.shape)
+        adjacent = np.append(0.0, self.discrete_sigmas[:-1])
+        G = self._gather_chain("discrete_G", np.sqrt(self.discrete_sigmas**2 - adjacent**2), i, x)
+        return xp.zeros_like(x), G
 
     def model_time(self, t):
         """The network's time input: sigma(t), as score_sde feeds its VE networks."""

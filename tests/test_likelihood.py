@@ -470,6 +470,9 @@ def test_bad_input_is_named():
         ode_likelihood(model, sde, np.zeros((2, 65)), divergence="exact")
     with pytest.raises(ValueError, match="eps must lie in"):
         ode_likelihood(model, sde, X, divergence=div, eps=1.0)
+    if getattr(sde, "zero_noise_at_start", False):  # sigma(0) = 0 on VP / sub-VP: the score is singular
+        with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\).*singular"):
+            ode_likelihood(model, sde, X, divergence=div, eps=0.0)
     with pytest.raises(ValueError, match="x must be a batch"):
         ode_likelihood(model, sde, X[0], divergence=div)
     diff = make_diffusion("linear", VLB_T)

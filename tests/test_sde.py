@@ -189,3 +189,18 @@ def test_vp_discretisation_with_too_few_steps_is_refused():
     assert np.all(np.isfinite(sde.sde(np.ones((1, 2)), np.array([0.5]))[0]))
     with pytest.raises(ValueError, match="needs N > beta_max.*N=10, beta_max=20"):
         sde.discretize(np.ones((1, 2)), np.array([0.5]))
+
+
+def test_chain_index_on_grids_ending_at_zero_and_in_low_precision():
+    torch = pytest.importorskip("torch")
+    ve = VESDE()
+    # on linspace(1, 0, N) plain floor(t (N-1)) truncates 173 of 1000 grid points one step low
+    np.testing.assert_array_equal(VPSDE._step_index(ve, np.linspace(1, 0, 1000)), np.arange(999, -1, -1))
+    t = np.array([0.0, 0.002, 0.5, 1.0])
+    for sde in (VPSDE(), VESDE()):
+        f64, G64 = sde.discretize(np.ones((4, 1)), t)
+        for dtype in (torch.float16, torch.bfloat16):
+            f, G = sde.discretize(torch.ones((4, 1), dtype=dtype), torch.tensor(t, dtype=dtype))
+            # derived in float64 and cast once: within the dtype's rounding (bf16: 2^-8), not 0 or 55% off
+            np.testing.assert_allclose(G.double().numpy(), G64, rtol=4e-3)
+            np.testing.assert_allclose(f.double().numpy(), f64, rtol=4e-3, atol=1e-30)

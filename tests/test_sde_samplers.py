@@ -569,7 +569,7 @@ def test_bad_input():
         (TypeError, "snr must be a positive number; got 'high'", dict(snr="high")),
         (ValueError, "corrector_steps must be an integer >= 1; got 0", dict(corrector_steps=0)),
         (ValueError, "prediction must be one of .*; got 'noise'", dict(prediction="noise")),
-        (ValueError, r"eps must lie in \[0, 1(\.0)?\); got 1.5", dict(eps=1.5)),
+        (ValueError, r"eps must lie in \[0, 1\) for VESDE; got 1.5", dict(eps=1.5)),
         (ValueError, r"steps=10 is too few for the 'pc' sampler on a VP chain: .*beta_max/N = 2", dict(process=VP, steps=10)),
         (ValueError, r"steps=10 is too few for the Langevin corrector", dict(process=VP, steps=10, predictor="euler_maruyama")),
         (TypeError, "needs a VESDE process .*got process=VPSDE", dict(name="annealed_langevin", process=VP)),

@@ -10,7 +10,7 @@ from ..diffusion import GaussianDiffusion
 from ..schedules import respaced_timesteps
 from ._base import check_steps
 
-__all__ = ["Grid", "time_grid", "default_eps"]
+__all__ = ["Grid", "time_grid", "default_eps", "end_time"]
 
 
 class Grid(NamedTuple):
@@ -25,6 +25,23 @@ class Grid(NamedTuple):
 def default_eps(process: Any) -> float:
     """score_sde's sampling end time: 1e-3 for VP and sub-VP, 1e-5 for VE."""
     return 1e-3 if getattr(process, "zero_noise_at_start", True) else 1e-5
+
+
+def end_time(process: Any, eps: Any) -> float:
+    """The end time of a continuous-time solve: ``eps`` (default 1e-3 VP / sub-VP, 1e-5 VE), in
+    (0, T) where sigma(0) = 0 (the score is singular at 0), else [0, T)."""
+    try:
+        eps = default_eps(process) if eps is None else float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a number; got {eps!r}") from None
+    low_open = getattr(process, "zero_noise_at_start", True)
+    if not (eps > 0.0 if low_open else eps >= 0.0) or not eps < process.T:
+        low = "(0" if low_open else "[0"
+        raise ValueError(
+            f"eps must lie in {low}, {process.T:g}) for {type(process).__name__}"
+            f"{' (sigma(0) = 0: the score is singular there)' if low_open else ''}; got {eps}"
+        )
+    return eps
 
 
 def time_grid(process: Any, steps: Any, *, spacing: str = "linspace", eps: float | None = None) -> Grid:
@@ -50,13 +67,6 @@ def time_grid(process: Any, steps: Any, *, spacing: str = "linspace", eps: float
     steps = check_steps(steps)
     if spacing != "linspace":
         raise ValueError(f"spacing must be 'linspace' for a continuous-time process (the grid linspace(T, eps, steps)); got {spacing!r}")
-    eps = default_eps(process) if eps is None else float(eps)
-    zero_noise = getattr(process, "zero_noise_at_start", False)
-    if not ((0.0 < eps) if zero_noise else (0.0 <= eps)) or not eps < process.T:
-        low = "(0" if zero_noise else "[0"
-        raise ValueError(
-            f"eps must lie in {low}, {process.T:g}) (sigma(0) = 0 for this process: its score is singular there); got {eps:g}"
-            if zero_noise else f"eps must lie in {low}, {process.T:g}); got {eps:g}"
-        )
+    eps = end_time(process, eps)
     times = np.linspace(process.T, eps, steps) if steps > 1 else np.array([process.T])
     return Grid(times, np.asarray(process.model_time(times)), np.asarray(process.alpha(times)), np.asarray(process.sigma(times)))

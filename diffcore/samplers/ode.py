@@ -51,7 +51,7 @@ from ._base import (
     flag_nonfinite,
     initial_flag,
 )
-from .grid import default_eps, time_grid
+from .grid import default_eps, end_time, time_grid
 from .solvers import dopri5
 
 __all__ = [
@@ -78,19 +78,6 @@ def _check_sde(process: Any, sampler: str) -> None:
             f"the {sampler!r} sampler integrates the probability-flow ODE of an SDE (VPSDE, subVPSDE, VESDE); "
             f"got {type(process).__name__} (for a GaussianDiffusion use 'ddim', 'edm_heun' or 'dpmpp_2m')"
         )
-
-
-def _end_time(process: Any, eps: Any) -> float:
-    """The end time of an SDE solve: ``eps`` (default 1e-3 VP / sub-VP, 1e-5 VE), checked."""
-    eps = default_eps(process) if eps is None else float(eps)
-    low_open = getattr(process, "zero_noise_at_start", True)
-    if not (eps > 0.0 if low_open else eps >= 0.0) or not eps < process.T:
-        low = "(0" if low_open else "[0"
-        raise ValueError(
-            f"eps must lie in {low}, {process.T:g}) for {type(process).__name__}"
-            f"{' (sigma(0) = 0: the score is singular there)' if low_open else ''}; got {eps}"
-        )
-    return eps
 
 
 def _host(a: Any) -> np.ndarray:
@@ -262,7 +249,7 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
     name = f"ode_{method}"
     _check_sde(process, name)
     steps = check_steps(steps)
-    eps = _end_time(process, eps)
+    eps = end_time(process, eps)
     prediction = resolve_prediction(model, process, prediction, "eps")
     c, a, b = _TABLEAUX[method]
     S = len(c)
@@ -400,7 +387,7 @@ def ode_dopri5(
     max_steps = check_max_steps(max_steps)
     if h0 is not None:
         h0 = check_positive(h0, "h0")
-    eps = _end_time(process, eps)
+    eps = end_time(process, eps)
     prediction = resolve_prediction(model, process, prediction, "eps")
     end = _sde_coefficients(process, np.array([eps]))
     plan = DopriPlan(
@@ -499,7 +486,7 @@ def edm_heun(
     if not isinstance(process, GaussianDiffusion):
         if eps is None:
             eps = 0.0 if not getattr(process, "zero_noise_at_start", True) else default_eps(process)
-        eps = _end_time(process, eps)
+        eps = end_time(process, eps)
         e = np.array([eps])
         default_min = float((_host(process.sigma(e)) / _host(process.alpha(e)))[0])
     else:
@@ -636,7 +623,7 @@ def _logsnr_grid(process: Any, steps: Any, eps: Any) -> tuple[np.ndarray, np.nda
         ends = (process.num_timesteps - 1, 0)
     else:
         n = check_steps(steps)
-        eps = _end_time(process, eps)
+        eps = end_time(process, eps)
         lam_lo, lam_hi = (float(v) for v in _host(process.log_snr(np.array([process.T, eps]))))
         ends = (process.T, eps)
     if not math.isfinite(lam_lo):
@@ -672,7 +659,7 @@ def dpmpp_2m(
         if isinstance(process, GaussianDiffusion):
             g = time_grid(process, steps, spacing=spacing, eps=eps)
         else:
-            g = time_grid(process, steps, eps=_end_time(process, eps))
+            g = time_grid(process, steps, eps=end_time(process, eps))
         times, t_in, alpha, sigma = g.times, g.t_in, _host(g.alpha), _host(g.sigma)
     n = times.shape[0]
     lam = np.log(alpha) - np.log(sigma)  # Lu et al.'s lambda = log(alpha / sigma), half the log-SNR
