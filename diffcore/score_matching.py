@@ -29,7 +29,8 @@ __all__ = [
 
 
 def _reduce(x: Any, reduce_mean: bool) -> Any:
-    return mean_flat(x) if reduce_mean else sum_flat(x)
+    """score_sde's reduce_op: the mean over dimensions, or half the sum."""
+    return mean_flat(x) if reduce_mean else 0.5 * sum_flat(x)
 
 
 def _check_loss_time(sde: Any, t: Any, batch: int) -> None:
@@ -49,18 +50,19 @@ def denoising_score_matching_loss(
 ) -> Any:
     """Per-example continuous-time DSM loss at x_t = alpha(t) x_0 + sigma(t) noise.
 
-    lambda(t) = sigma^2:   1/2 ||sigma s + z||^2;
-    lambda(t) = g(t)^2:    1/2 g^2 ||s + z / sigma||^2   (``likelihood_weighting``).
-    Summed over dimensions (score_sde's default) or averaged with ``reduce_mean``.
+    lambda(t) = sigma^2:   1/2 sum ||sigma s + z||^2;
+    lambda(t) = g(t)^2:    1/2 g^2 sum ||s + z / sigma||^2   (``likelihood_weighting``).
+    With ``reduce_mean`` the 1/2 sum becomes a mean over dimensions, exactly as score_sde's
+    ``reduce_op`` (``torch.mean`` if reduce_mean else ``0.5 * torch.sum``).
     """
     check_float_array(score, "score")
     check_same_shape(score, noise, "score", "noise")
     _check_loss_time(sde, t, score.shape[0])
     sigma = expand_to(sde.sigma(t, dtype=score.dtype), score)
     if not likelihood_weighting:
-        return 0.5 * _reduce((score * sigma + noise) ** 2, reduce_mean)
+        return _reduce((score * sigma + noise) ** 2, reduce_mean)
     g2 = sde.diffusion_squared(t, dtype=score.dtype)
-    return 0.5 * _reduce((score + noise / sigma) ** 2, reduce_mean) * g2
+    return _reduce((score + noise / sigma) ** 2, reduce_mean) * g2
 
 
 def ncsn_loss(score: Any, noise: Any, sigma: Any, *, anneal_power: float = 2.0) -> Any:

@@ -402,7 +402,8 @@ def test_dsm_is_lowest_at_the_exact_marginal_score(sde_name, lw, perturbation):
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_dsm_formula_on_fixed_numbers(sde_name):
-    """1/2 ||sigma s + z||^2 and 1/2 g^2 ||s + z/sigma||^2, summed (or averaged) over dimensions."""
+    """1/2 ||sigma s + z||^2 and 1/2 g^2 ||s + z/sigma||^2 summed over dimensions, or (score_sde's
+    reduce_mean) the mean over dimensions without the 1/2."""
     sde = SDES[sde_name]
     rng = np.random.default_rng(3)
     s, z = rng.standard_normal((5, 3, 2)), rng.standard_normal((5, 3, 2))
@@ -412,10 +413,10 @@ def test_dsm_formula_on_fixed_numbers(sde_name):
     plain = 0.5 * np.sum((sig * s + z) ** 2, axis=(1, 2))
     lik = 0.5 * g2 * np.sum((s + z / sig) ** 2, axis=(1, 2))
     np.testing.assert_allclose(denoising_score_matching_loss(sde, s, z, t), plain, rtol=1e-13)
-    np.testing.assert_allclose(denoising_score_matching_loss(sde, s, z, t, reduce_mean=True), plain / 6, rtol=1e-13)
+    np.testing.assert_allclose(denoising_score_matching_loss(sde, s, z, t, reduce_mean=True), 2 * plain / 6, rtol=1e-13)
     np.testing.assert_allclose(denoising_score_matching_loss(sde, s, z, t, likelihood_weighting=True), lik, rtol=1e-13)
     np.testing.assert_allclose(
-        denoising_score_matching_loss(sde, s, z, t, likelihood_weighting=True, reduce_mean=True), lik / 6, rtol=1e-13
+        denoising_score_matching_loss(sde, s, z, t, likelihood_weighting=True, reduce_mean=True), 2 * lik / 6, rtol=1e-13
     )
     # with lambda = sigma^2, the g^2 form is the sigma^2 form reweighted by g^2 / sigma^2
     np.testing.assert_allclose(lik, plain * g2 / sigma**2, rtol=1e-12)
@@ -537,7 +538,7 @@ def test_dsm_loss_same_on_every_namespace(sde_name, lw):
 
     sigma = np.asarray(sde.sigma(NS_T))[:, None]
     weight = np.asarray(sde.diffusion_squared(NS_T)) if lw else sigma[:, 0] ** 2
-    expected = 0.5 * weight * np.mean((NS_SCORE + NS_NOISE / sigma) ** 2, axis=1)
+    expected = weight * np.mean((NS_SCORE + NS_NOISE / sigma) ** 2, axis=1)  # score_sde: mean, no 1/2
     assert_same_on_all_backends(fn, NS_SCORE, NS_NOISE, NS_T, backends=ALL_NAMESPACES, expected=expected)
 
 

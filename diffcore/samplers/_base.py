@@ -75,15 +75,20 @@ def final_x(state: Any) -> Any:
 
 
 def plan_to(plan: Any, xp: Any, dtype: Any, device: Any) -> tuple:
-    """The plan's columns in ``xp`` on ``device``: floating ones in ``dtype``, integer ones in the
-    namespace's indexing dtype. Done once, before the loop."""
+    """The plan's columns in ``xp`` on ``device``: floating ones in ``dtype`` (network time inputs,
+    fields named ``t_in*``, in at least float32), integer ones in the namespace's indexing dtype.
+    Done once, before the loop."""
+    # network time inputs keep at least float32: bf16 cannot hold 999 (it rounds to 1000)
+    time_dtype = dtype if dtype in (xp.float32, xp.float64) else xp.float32
+    names = getattr(type(plan), "_fields", ())
     out = []
-    for column in plan:
+    for k, column in enumerate(plan):
         column = np.asarray(column)
         if column.dtype.kind in "iu":
             out.append(as_xp(column, xp, default_dtype(xp, "indexing"), device))
         else:
-            out.append(as_xp(column.astype(np.float64), xp, dtype, device))
+            is_time = k < len(names) and names[k].startswith("t_in")
+            out.append(as_xp(column.astype(np.float64), xp, time_dtype if is_time else dtype, device))
     return tuple(out)
 
 
