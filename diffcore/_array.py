@@ -108,6 +108,21 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def as_like(a: Any, x: Any) -> Any:
+    """``a`` (an array of any namespace, or a NumPy array) in x's namespace, dtype and device.
+    For arguments given once before a loop (masks, observations), never inside one."""
+    xp = array_namespace(x)
+    try:
+        same = array_namespace(a) is xp
+    except TypeError:
+        same = False
+    if not same:
+        a = as_xp(np.asarray(to_numpy(a), dtype=np.float64), xp, x.dtype, array_device(x))
+    elif a.dtype != x.dtype:
+        a = xp.astype(a, x.dtype)
+    return a
+
+
 def default_dtype(xp: Any, kind: str = "real floating", device: Any = None) -> Any:
     """The namespace's default dtype of ``kind`` ("real floating", "integral", "indexing")."""
     try:

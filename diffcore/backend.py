@@ -278,7 +278,11 @@ class NumPyBackend:
         )
 
     def uniform(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> np.ndarray:
-        return self._draw("uniform", lambda g, s: g.random(s), key, shape, dtype, sample_ids, device)
+        # drawn in the target precision: a float64 draw rounded to float32 can reach 1.0
+        single = _numpy_dtype(dtype) == np.float32
+        return self._draw(
+            "uniform", lambda g, s: g.random(s, dtype=np.float32 if single else np.float64), key, shape, dtype, sample_ids, device
+        )
 
     # loop drivers ---------------------------------------------------------------------------
     def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None):

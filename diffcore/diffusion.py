@@ -58,6 +58,13 @@ def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
     return value
 
 
+def _check_noise(noise: Any, x_start: Any) -> None:
+    if noise is None:
+        raise ValueError("noise is required: the core makes no random numbers (draw it with backend.normal)")
+    check_float_array(noise, "noise")
+    check_same_shape(x_start, noise, "x_start", "noise")
+
+
 class GaussianDiffusion:
     """DDPM / Improved DDPM with eps, x_0 or v prediction and fixed or learned variances.
 
@@ -102,7 +109,16 @@ class GaussianDiffusion:
         if np.any(np.diff(timestep_map) <= 0) or timestep_map[0] < 0:
             raise ValueError(f"timestep_map must be strictly increasing non-negative steps; got {timestep_map}")
         self.timestep_map = timestep_map.astype(np.int64)
-        self.original_num_timesteps = int(original_num_timesteps or int(self.timestep_map[-1]) + 1)
+        needed = int(self.timestep_map[-1]) + 1
+        if original_num_timesteps is None:
+            original_num_timesteps = needed
+        if isinstance(original_num_timesteps, bool) or not isinstance(original_num_timesteps, (int, np.integer)) \
+                or original_num_timesteps < needed:
+            raise ValueError(
+                f"original_num_timesteps must be an integer >= {needed} (the timestep map reaches step "
+                f"{needed - 1}); got {original_num_timesteps!r}"
+            )
+        self.original_num_timesteps = int(original_num_timesteps)
 
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -217,10 +233,7 @@ class GaussianDiffusion:
     def q_sample(self, x_start: Any, t: Any, *, noise: Any) -> Any:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (noise ~ N(0, I), made by a backend)."""
         self._check(x_start, t)
-        if noise is None:
-            raise ValueError("noise is required: the core makes no random numbers (draw it with backend.normal)")
-        check_float_array(noise, "noise")
-        check_same_shape(x_start, noise, "x_start", "noise")
+        _check_noise(noise, x_start)
         return (
             self._gather("sqrt_alphas_cumprod", t, x_start) * x_start
             + self._gather("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
@@ -338,6 +351,8 @@ class GaussianDiffusion:
         """
         xp = self._check(x_start, t)
         check_same_shape(x_start, x_t, "x_start", "x_t")
+        check_float_array(model_mean, "model_mean")
+        check_float_array(model_log_variance, "model_log_variance")
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)) / _LN2
         nll = mean_flat(self.decoder_nll(x_start, model_mean, model_log_variance, decoder)) / _LN2
@@ -433,7 +448,7 @@ class GaussianDiffusion:
         _choice(loss_type, LOSS_TYPES, "loss_type")
         xp = self._check(x_start, t)
         check_same_shape(x_start, x_t, "x_start", "x_t")
-        check_same_shape(x_start, noise, "x_start", "noise")
+        _check_noise(noise, x_start)
         terms: dict[str, Any] = {}
         if loss_type in ("vlb", "rescaled_vlb"):
             vb, _ = self.vb_terms_bpd(model_output, x_start, x_t, t, decoder=decoder)

@@ -31,6 +31,7 @@ from ._array import (
     array_namespace,
     as_xp,
     check_float_array,
+    check_same_shape,
     concrete_min_max,
     default_dtype,
     expand_to,
@@ -94,6 +95,11 @@ def dequantize(x: Any, u: Any) -> Any:
     """Uniform dequantisation of 8-bit data in [-1, 1]: ((x + 1) 127.5 + u) / 128 - 1, u ~ U[0, 1)."""
     check_float_array(x, "x")
     _check_8bit_range(x)
+    check_float_array(u, "u")
+    check_same_shape(x, u, "x", "u")
+    lo_hi = concrete_min_max(u)
+    if lo_hi is not None and not (float(lo_hi[0]) >= 0.0 and float(lo_hi[1]) < 1.0):
+        raise ValueError(f"u must hold uniform draws in [0, 1); got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g}")
     return ((x + 1.0) * 127.5 + u) / 128.0 - 1.0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .schedules import _check_float, _check_int
 from ._array import array_device, array_namespace, as_xp, concrete_min_max, to_numpy
 
 __all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
@@ -54,9 +55,7 @@ class UniformSampler(TimestepSampler):
     """p_t = 1/T (the default, and the one L_hybrid uses); weights are all 1."""
 
     def __init__(self, num_timesteps: int) -> None:
-        if not isinstance(num_timesteps, int) or num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be a positive integer; got {num_timesteps!r}")
-        self.num_timesteps = num_timesteps
+        self.num_timesteps = _check_int(num_timesteps, "num_timesteps", 1)
 
     def weights(self) -> np.ndarray:
         return np.ones(self.num_timesteps)
@@ -70,15 +69,9 @@ class LossSecondMomentResampler(TimestepSampler):
     """
 
     def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
-        if not isinstance(num_timesteps, int) or num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be a positive integer; got {num_timesteps!r}")
-        if not isinstance(history_per_term, int) or history_per_term < 1:
-            raise ValueError(f"history_per_term must be a positive integer; got {history_per_term!r}")
-        if not 0.0 < uniform_prob <= 1.0:
-            raise ValueError(f"uniform_prob must lie in (0, 1]; got {uniform_prob!r}")
-        self.num_timesteps = num_timesteps
-        self.history_per_term = history_per_term
-        self.uniform_prob = float(uniform_prob)
+        self.num_timesteps = _check_int(num_timesteps, "num_timesteps", 1)
+        self.history_per_term = _check_int(history_per_term, "history_per_term", 1)
+        self.uniform_prob = _check_float(uniform_prob, "uniform_prob", 0.0, 1.0, high_inclusive=True)
         self._loss_history = np.zeros((num_timesteps, history_per_term), dtype=np.float64)
         self._loss_counts = np.zeros(num_timesteps, dtype=np.int64)
 

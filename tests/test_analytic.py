@@ -20,10 +20,7 @@ from diffcore.analytic import GaussianMixture
 
 from conftest import jax_x64, load_namespace, n_examples, to_np, to_xp, xp_name
 
-try:
-    from diffcore import sde as _sde
-except ImportError:  # the SDEs land separately; everything else runs without them
-    _sde = None
+from diffcore import sde as _sde
 
 
 # ----------------------------------------------------------------------------------- processes
@@ -71,8 +68,7 @@ def _processes():
         "ddpm_rescaled": GaussianDiffusion(betas=_DDPM.betas, rescale_timesteps=True).respace(7, "trailing"),
         "exp": ExpProcess(),
     }
-    if _sde is not None:
-        procs.update(vp=_sde.VPSDE(), subvp=_sde.subVPSDE(), ve=_sde.VESDE())
+    procs.update(vp=_sde.VPSDE(), subvp=_sde.subVPSDE(), ve=_sde.VESDE())
     return procs
 
 
@@ -317,8 +313,6 @@ def test_trailing_zero_weight_is_never_drawn():
 
 @pytest.mark.parametrize("name,t", [("ddpm", 20), ("ddpm_respaced", 4), ("exp", 0.6), ("vp", 0.3), ("subvp", 0.4), ("ve", 0.1), ("ve", 0.0)])
 def test_marginal_matches_forward_samples(name, t):
-    if name not in PROCESSES:
-        pytest.skip("diffcore.sde is not available")
     rng = np.random.default_rng(11)
     n = 20000
     p = PROCESSES[name]
@@ -349,8 +343,6 @@ def test_marginal_matches_forward_samples(name, t):
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_as_model_is_the_exact_denoiser(name):
     p = PROCESSES[name]
-    if not hasattr(p, "time_from_model_time"):
-        pytest.skip("process.time_from_model_time is not available yet")
     rng = np.random.default_rng(5)
     g = _random_mixture(rng, 3, 2, isotropic=False)
     x = rng.normal(size=(6, 2))
@@ -400,7 +392,7 @@ def _everything(g, name, xp, x, t, noise, u, dtype=None):
     if xp_name(xp) != "jax":  # more shapes: more eager JAX compiles, for code paths the others cover
         res["m_score_0d"] = g.marginal_score(xx, tt[1], p)
         res["score_3d"] = g.score(xp.reshape(xx, (xx.shape[0], 1, g.dim)))
-    if hasattr(p, "time_from_model_time") and xp_name(xp) != "jax":  # eager JAX: see test_under_jax_jit
+    if xp_name(xp) != "jax":  # eager JAX: see test_under_jax_jit
         res["model_v"] = g.as_model(p, "v")(xx, p.model_time(tt))
     return res
 

@@ -441,3 +441,16 @@ def test_traced_steps_skip_value_checks_but_not_shape_checks():
         jax.jit(lambda t: d.q_sample(x, t, noise=x))(jax.numpy.asarray([0, 5, 6]))
     with pytest.raises(ValueError, match=r"t must lie in \[0, 99\]"):
         d.q_sample(x, jax.numpy.asarray([0, 500]), noise=x)  # eager JAX arrays are checked
+
+
+def test_more_bad_input_names_the_argument():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="noise is required"):
+        d.loss_terms(x, x, x, np.array([0, 1]), noise=None)
+    with pytest.raises(TypeError, match="model_log_variance must be"):
+        d.vb_terms(x, x, np.array([0, 1]), model_mean=x, model_log_variance=None)
+    with pytest.raises(ValueError, match="original_num_timesteps must be an integer >= 100"):
+        GaussianDiffusion(betas=d.betas, original_num_timesteps=50)
+    with pytest.raises(ValueError, match="original_num_timesteps"):
+        GaussianDiffusion(betas=d.betas, original_num_timesteps=0)

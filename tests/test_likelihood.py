@@ -450,6 +450,10 @@ def test_bad_input_is_named():
         ode_likelihood(model, sde, x_img * 1.5, divergence=div, dequantize_8bit=True)
     with pytest.raises(ValueError, match=r"x must lie in \[-1, 1\]"):
         dequantize(x_img * 1.5, np.zeros_like(x_img))
+    with pytest.raises(ValueError, match=r"u must hold uniform draws in \[0, 1\); got values from 0 to 5"):
+        dequantize(x_img, np.full_like(x_img, 5.0) * (np.arange(x_img.size).reshape(x_img.shape) > 0))
+    with pytest.raises(ValueError, match="x and u must have the same shape"):
+        dequantize(x_img, np.zeros((1, 1)))
     for name in ("rtol", "atol"):
         for bad in (0.0, -1e-5):
             with pytest.raises(ValueError, match=name):

@@ -420,3 +420,19 @@ def test_prediction_defaults_to_what_the_model_declares():
         assert np.all(np.abs(x) < 5), (name, x)
     with pytest.raises(ValueError, match="prediction='eps' but the model declares that it predicts 'score'"):
         sample("ddim", score_model, vp, (1, 2), prediction="eps")
+
+
+def test_inpainting_arrays_are_converted_once_to_the_samples_namespace():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffcore_torch")
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    r = sample("ddim", two_gaussians_2d().as_model(d, "eps"), d, (4, 2), backend="torch", steps=10,
+               mask=np.array([[1.0, 0.0]]), known=np.array([[0.5, 0.0]]))  # NumPy mask and observation
+    assert isinstance(r.x, torch.Tensor)
+    np.testing.assert_array_equal(r.x[:, 0].numpy(), 0.5)
+
+
+def test_langevin_refuses_a_discrete_process():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    with pytest.raises(TypeError, match="'langevin' sampler holds a continuous time fixed"):
+        sample("langevin", lambda x, t: -x, d, (2, 2), step_size=0.1)

@@ -97,7 +97,15 @@ def test_bad_input():
         s.update_with_losses(np.array([1]), np.array([np.nan]))
     with pytest.raises(ValueError, match="state does not fit"):
         s.load_state_dict(LossSecondMomentResampler(5).state_dict())
-    with pytest.raises(ValueError, match="num_timesteps must be a positive integer"):
+    with pytest.raises(ValueError, match="num_timesteps must be an int >= 1"):
         UniformSampler(0)
     with pytest.raises(ValueError, match="'uniform' or 'loss-second-moment'"):
         create_named_schedule_sampler("importance", 10)
+
+
+def test_arguments_accept_numpy_ints_and_name_bad_values():
+    assert UniformSampler(np.int64(10)).num_timesteps == 10
+    with pytest.raises(TypeError, match="uniform_prob must be a real number"):
+        LossSecondMomentResampler(10, uniform_prob="a")
+    with pytest.raises(ValueError, match="uniform_prob"):
+        LossSecondMomentResampler(10, uniform_prob=0.0)

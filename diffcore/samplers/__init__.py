@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._array import array_namespace, default_dtype, values_checked_upstream
+from .._array import array_namespace, as_like, default_dtype, values_checked_upstream
 from ..backend import Backend, backend as _get_backend
 from ._base import Sampler, plan_to
 from .ancestral import ddim, ddpm
@@ -90,14 +90,16 @@ def sample(
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes (batch first); got {shape}")
     sampler = build(name, model, process, **options)
-    if mask is not None or known is not None:
-        sampler = inpaint(sampler, mask, known, shape)
     key = bk.key(seed)
     if x_T is None:
         noise = bk.normal(bk.fold_in(key, _PRIOR_STREAM), shape, dtype, sample_ids=sample_ids, device=device)
         x_T = process.prior_sample(noise)
     elif tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
+    if mask is not None or known is not None:  # converted once, here: the loop must not convert or move them
+        if mask is None or known is None:
+            raise ValueError("inpainting needs both mask and known (the observation); got only one of them")
+        sampler = inpaint(sampler, as_like(mask, x_T), as_like(known, x_T), shape)
     xp = array_namespace(x_T)
     from .._array import array_device
 

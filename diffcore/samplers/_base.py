@@ -102,6 +102,9 @@ def call_model(model: Callable[..., Any], x: Any, t_in: Any, cond: Any = None) -
 def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
     """``bad_step`` (-1 while all is well) set to ``index`` at the first non-finite ``value``.
 
+    Samplers flag the new state: a non-finite model output reaches it, and so does a finite output
+    made non-finite by a conversion (a division by alpha, exp of a log-variance).
+
     Carried through the loop and raised after it: no host sync per step.
     """
     xp = array_namespace(value)

@@ -109,7 +109,7 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
             x0 = xp.clip(x0, min=-1.0, max=1.0)
         mean = p.coef1 * x0 + p.coef2 * x
         x_next = mean + p.noise_scale * xp.exp(0.5 * log_var) * noise_i[:, 0, ...]
-        return SampleState(x_next, flag_nonfinite(state.bad_step, output, p.index))
+        return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
     return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(t, dtype=np.float64))
 
@@ -164,6 +164,6 @@ def ddim(
         x_next = p.alpha_next * d.x0 + p.c_eps * d.eps
         if eta > 0:
             x_next = x_next + p.c_noise * noise_i[:, 0, ...]
-        return SampleState(x_next, flag_nonfinite(state.bad_step, d.output, p.index))
+        return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
     return Sampler("ddim", plan, init_state, step, final_x, 1 if eta > 0 else 0, n, grid.times)

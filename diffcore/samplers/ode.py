@@ -685,7 +685,7 @@ def dpmpp_2m(
         d = _denoise(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond, clip_denoised)
         D = p.w_cur * d.x0 + p.w_prev * state.x0_prev
         x_next = p.c_x * state.x + p.c_d * D
-        return DPMState(x_next, d.x0, flag_nonfinite(state.bad_step, d.output, p.index))
+        return DPMState(x_next, d.x0, flag_nonfinite(state.bad_step, x_next, p.index))
 
     return Sampler("dpmpp_2m", plan, init, step, final_x, 0, n, np.asarray(times, dtype=np.float64))
 

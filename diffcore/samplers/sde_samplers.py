@@ -3,7 +3,7 @@ predictor-corrector samplers of score SDEs (Song et al. 2021).
 
 All of them move x with the score s = grad_x log p_t(x), taken from the model output through
 :func:`diffcore.parametrization.to_score` with the plan's alpha and sigma at the evaluation time
-(``prediction=None`` by default; analytic models: ``mixture.as_model(process, "score")``).
+(``prediction``: what the model declares, else "score"; analytic models: ``mixture.as_model(process, "score")``).
 
 - ``langevin``: x <- x + a s(x) + sqrt(2 a) z for a fixed target (one noise level). It cannot
   cross between well-separated modes: use it on unimodal or overlapping targets, or anneal.
@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace, expand_to, sum_flat
+from ..diffusion import GaussianDiffusion
 from ..sde import SDE, VESDE, VPSDE, subVPSDE
 from ._base import (
     resolve_prediction,
@@ -117,9 +118,15 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None
     """Unadjusted Langevin dynamics x <- x + a s(x) + sqrt(2 a) z at one noise level.
 
     The model is called with ``t_in`` (default: the process's model time at t = 0; 0.0 without a
-    process). Without a process only ``prediction=None`` is possible (no alpha, sigma to
-    convert with). Its stationary law is the target up to an O(a) bias.
+    process). Without a process only ``prediction="score"`` is possible (no alpha, sigma to
+    convert with). Its stationary law is the target up to an O(a) bias. Continuous-time processes
+    only (a GaussianDiffusion has no continuous time to hold fixed: use its ``ddpm`` sampler).
     """
+    if isinstance(process, GaussianDiffusion):
+        raise TypeError(
+            "the 'langevin' sampler holds a continuous time fixed and needs an SDE process or process=None; "
+            "got a GaussianDiffusion (use 'ddpm' or 'ddim')"
+        )
     a = check_positive(step_size, "step_size")
     steps = check_steps(steps)
     prediction = resolve_prediction(model, process, prediction, "score")
