@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -39,6 +38,7 @@ from ._array import (
     to_numpy,
     values_checked_upstream,
 )
+from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
@@ -107,29 +107,6 @@ def _resolve_backend(backend: Any, x: Any) -> Any:
     if backend is None:
         return backend_for(x)
     return _get_backend(backend) if isinstance(backend, str) else backend
-
-
-# --------------------------------------------------------------------------- compiled-step cache
-# The solve runs as the step of the backend's loop driver; JAX compiles a step once per step
-# *object* (a static argument of its jit). Steps are therefore built once per (model, process,
-# options) and kept here (a small LRU: it holds the model alive until evicted).
-_STEP_CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
-_STEP_CACHE_SIZE = 32
-
-
-def _cached_step(key: tuple, make: Callable[[], Callable]) -> Callable:
-    try:
-        hash(key)
-    except TypeError:  # an unhashable model or option: build afresh (JAX then recompiles)
-        return make()
-    step = _STEP_CACHE.get(key)
-    if step is None:
-        step = _STEP_CACHE[key] = make()
-        while len(_STEP_CACHE) > _STEP_CACHE_SIZE:
-            _STEP_CACHE.popitem(last=False)
-    else:
-        _STEP_CACHE.move_to_end(key)
-    return step
 
 
 def _tile(a: Any, reps: int) -> Any:
@@ -354,7 +331,7 @@ def ode_likelihood(
     draw = bk.rademacher if probe == "rademacher" else bk.normal
     prior = prior_logp or sde.prior_logp
 
-    step = _cached_step(
+    step = cached(
         ("ode", bk, model, sde, prediction, divergence, prior, eps, rtol, atol),
         lambda: _make_ode_step(bk, model, sde, prediction, divergence, prior, eps, rtol, atol),
     )
@@ -497,7 +474,7 @@ def vlb_bpd(
         xp.asarray(strided, dtype=idx, device=device),
         as_xp(weight, xp, x.dtype, device),
     )
-    step = _cached_step(
+    step = cached(
         ("vlb", model, diffusion, bool(clip_denoised), decoder),
         lambda: _make_vlb_step(model, diffusion, bool(clip_denoised), decoder),
     )

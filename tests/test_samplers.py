@@ -436,3 +436,12 @@ def test_langevin_refuses_a_discrete_process():
     d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
     with pytest.raises(TypeError, match="'langevin' sampler holds a continuous time fixed"):
         sample("langevin", lambda x, t: -x, d, (2, 2), step_size=0.1)
+
+
+def test_the_same_sampler_is_reused_so_jax_compiles_once():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    model = two_gaussians_2d().as_model(d, "eps")
+    assert build("ddim", model, d, steps=10) is build("ddim", model, d, steps=10)
+    assert build("ddim", model, d, steps=10) is not build("ddim", model, d, steps=11)
+    cond = np.zeros(4)  # unhashable options are built afresh
+    assert build("ddim", model, d, steps=10, cond=cond) is not build("ddim", model, d, steps=10, cond=cond)

@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._array import array_namespace, as_like, default_dtype, values_checked_upstream
+from .._cache import cached
 from ..backend import Backend, backend as _get_backend
 from ._base import Sampler, plan_to
 from .ancestral import ddim, ddpm
@@ -57,7 +58,9 @@ def build(name: str, model: Callable[..., Any], process: Any, **options: Any) ->
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
     if not callable(model):
         raise TypeError(f"model must be callable model(x, t_in, cond=None); got {type(model).__name__}")
-    return SAMPLERS[name](model, process, **options)
+    # the same sampler object for the same inputs, so that JAX compiles its loop once
+    key = ("sampler", name, model, process, tuple(sorted(options.items())))
+    return cached(key, lambda: SAMPLERS[name](model, process, **options))
 
 
 def sample(
