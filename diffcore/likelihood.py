@@ -42,9 +42,9 @@ from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
-from .parametrization import to_score
 from .samplers._base import call_model, check_choice, check_positive, check_steps
 from .samplers.grid import end_time
+from .samplers.ode import pf_ode_drift
 from .samplers.solvers import dopri5
 
 __all__ = [
@@ -182,15 +182,11 @@ def _make_ode_step(
 ) -> Callable:
     T = float(sde.T)
 
+    pf_drift = pf_ode_drift(model, sde, prediction)
+
     def drift(y: Any, t: Any, cond: Any) -> Any:
         """f~(y, t) = f(t) y - 1/2 g(t)^2 s(y, t), t one time per example."""
-        alpha = expand_to(sde._coef(sde._alpha, t, y.dtype), y)
-        sigma = expand_to(sde._coef(sde._sigma, t, y.dtype), y)
-        output = call_model(model, y, sde._model_time(t), cond)
-        score = to_score(output, prediction, y, alpha, sigma)
-        f = expand_to(sde._coef(sde._f, t, y.dtype), y)
-        g2 = expand_to(sde._coef(sde._g2, t, y.dtype), y)
-        return f * y - 0.5 * g2 * score
+        return pf_drift(t, y, cond)
 
     def step(state: _OdeState, plan_i: tuple, noise_i: Any) -> _OdeState:
         x, cond = state.x, state.cond

@@ -328,19 +328,16 @@ def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, cond=None, pre
 # --------------------------------------------------------------------- PF-ODE, adaptive
 
 
-def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str, cond: Any = None) -> Callable[[Any, Any], Any]:
-    """fn(t_vec, x) = f(t) x - 1/2 g(t)^2 s(x, t), the score from ``model`` (one time per example)."""
+def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str, cond: Any = None) -> Callable[..., Any]:
+    """fn(t_vec, x, cond=cond) = f(t) x - 1/2 g(t)^2 s(x, t), the probability-flow drift with the
+    score from ``model`` (one time per example). The samplers and the likelihood share it."""
 
-    def score_fn(x: Any, t: Any) -> Any:
+    def fn(t: Any, x: Any, cond: Any = cond) -> Any:
         out = call_model(model, x, process.model_time(t), cond)
         alpha = expand_to(process.alpha(t, dtype=x.dtype), x)
         sigma = expand_to(process.sigma(t, dtype=x.dtype), x)
-        return to_score(out, prediction, x, alpha, sigma)
-
-    reverse = process.reverse(score_fn, probability_flow=True)
-
-    def fn(t: Any, x: Any) -> Any:
-        return reverse.sde(x, t)[0]
+        drift, g = process.sde(x, t)
+        return drift - 0.5 * expand_to(g * g, x) * to_score(out, prediction, x, alpha, sigma)
 
     return fn
 
