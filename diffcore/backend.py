@@ -427,6 +427,8 @@ def python_loop(
     ``step_fn`` (e.g. ``torch.compile(step)``), when given, runs in place of ``step``.
     """
     n, noise_shape = check_loop_args(plan, key, noise_shape, sample_ids)
+    if sample_ids is not None:  # read the ids back to the host once, not once per step
+        sample_ids = tuple(int(i) for i in (sample_ids.tolist() if hasattr(sample_ids, "tolist") else sample_ids))
     run = step_fn or step
     dtype, device = _state_dtype(state), _state_device(state)
     for i in range(n):
