@@ -141,7 +141,7 @@ def divergence_hutchinson(
     covariance (``backend.rademacher`` has the lowest variance; ``backend.normal`` also works).
     One ``backend.vjp`` (or ``jvp``) per probe. With ``return_output``, returns ``(f(x), estimate)``.
     """
-    xp = check_float_array(x, "x")
+    check_float_array(x, "x")
     mode = _check_mode(mode)
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis and at least one data axis, (B, ...); got shape {tuple(x.shape)}")

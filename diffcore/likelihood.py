@@ -33,7 +33,6 @@ from ._array import (
     check_same_shape,
     concrete_min_max,
     default_dtype,
-    expand_to,
     sum_flat,
     to_numpy,
     values_checked_upstream,

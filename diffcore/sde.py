@@ -232,7 +232,6 @@ class VPSDE(SDE):
             )
         check_float_array(x, "x")
         t = self._time_like(t, x)
-        xp = array_namespace(x)
         i = self._step_index(t)
         f_coef = self._gather_chain("discrete_f", np.sqrt(self.alphas) - 1.0, i, x)
         G = self._gather_chain("discrete_G", np.sqrt(self.discrete_betas), i, x)

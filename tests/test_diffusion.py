@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import diffcore
 from diffcore import GaussianDiffusion, get_named_beta_schedule
 from diffcore import parametrization as param
 
@@ -102,7 +101,7 @@ def test_posterior_is_normalised_product(xp):
         x0_t = np.broadcast_to(x0[:1], (T - 1,) + x0.shape[1:])
         x_t = rng.normal(size=x0_t.shape)
         mean, var, _ = d.q_posterior_mean_variance(to_xp(x0_t, xp), to_xp(x_t, xp), to_xp(t, xp))
-        beta, abar, abar_prev = d.betas[t], d.alphas_cumprod[t], d.alphas_cumprod_prev[t]
+        beta, abar_prev = d.betas[t], d.alphas_cumprod_prev[t]
         precision = (1.0 - beta) / beta + 1.0 / (1.0 - abar_prev)
         expected_mean = (
             np.sqrt(1.0 - beta)[:, None, None] / beta[:, None, None] * x_t

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from diffcore import VESDE, VPSDE, subVPSDE, get_named_beta_schedule, ncsn_sigmas
 from diffcore.process import Process
 
-from conftest import load_namespace, n_examples, to_np, to_xp, xp_name
+from conftest import load_namespace, n_examples, to_np, to_xp
 
 
 @st.composite

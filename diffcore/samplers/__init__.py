@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-import numpy as np
-
-from .._array import array_namespace, as_like, default_dtype, values_checked_upstream
+from .._array import array_device, array_namespace, as_like, values_checked_upstream
 from .._cache import cached
 from ..backend import Backend, backend as _get_backend
 from ._base import Sampler, plan_to
@@ -88,7 +86,6 @@ def sample(
     Non-finite model outputs stop the run with an error naming the first bad step and its time.
     """
     bk = _get_backend(backend) if isinstance(backend, str) else backend
-    xp = bk.xp
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes (batch first); got {shape}")
@@ -104,7 +101,6 @@ def sample(
             raise ValueError("inpainting needs both mask and known (the observation); got only one of them")
         sampler = inpaint(sampler, as_like(mask, x_T), as_like(known, x_T), shape)
     xp = array_namespace(x_T)
-    from .._array import array_device
 
     plan = plan_to(sampler.plan, xp, x_T.dtype, array_device(x_T))
     state = sampler.init(x_T)

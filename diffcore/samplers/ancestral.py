@@ -26,11 +26,8 @@ from ._base import (
     init_state,
     Sampler,
     call_model,
-    check_choice,
-    check_prediction,
     denoise,
     flag_nonfinite,
-    initial_flag,
 )
 from .grid import time_grid
 

@@ -45,7 +45,6 @@ from ._base import (
     call_model,
     check_choice,
     check_positive,
-    check_prediction,
     check_steps,
     denoise as _denoise,  # ``denoise`` is also the samplers' option for the final Tweedie step
     flag_nonfinite,
@@ -494,7 +493,7 @@ def edm_heun(
     s_max = hi_proc if sigma_max is None else check_positive(sigma_max, "sigma_max")
     if not math.isfinite(s_max):
         raise ValueError(
-            f"the process reaches sigma/alpha = inf at its noisy end (zero terminal SNR): pass a finite sigma_max"
+            "the process reaches sigma/alpha = inf at its noisy end (zero terminal SNR): pass a finite sigma_max"
         )
     if not s_min < s_max:
         raise ValueError(f"sigma_min must be smaller than sigma_max; got sigma_min={s_min:g}, sigma_max={s_max:g}")
@@ -546,7 +545,6 @@ def edm_heun(
                 x_tilde = x_tilde + p.noise_scale * noise_i[:, 0, ...]
             first = x0(x_tilde, p.t_in_hat, p.alpha_hat, p.s_hat)
             d = (x_tilde - first.x0) / p.s_hat
-            out = first.output
             if corrector:
                 x_euler = x_tilde + p.ds * d
                 second = x0(x_euler, p.t_in_corr, p.alpha_corr, p.s_corr)

@@ -65,11 +65,9 @@ from ._base import (
     init_state,
     Sampler,
     check_choice,
-    check_prediction,
     check_positive,
     check_steps,
     flag_nonfinite,
-    initial_flag,
     model_score,
 )
 from .grid import time_grid
