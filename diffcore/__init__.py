@@ -4,9 +4,11 @@ Python Array API standard and run on NumPy, array-api-strict, PyTorch and JAX.
 ``import diffcore`` imports no framework: backends are loaded only by :func:`diffcore.backend`.
 """
 
-from . import analytic, autodiff, likelihood, losses, parametrization, samplers, score_matching, sde
+from . import analytic, autodiff, likelihood, losses, models, parametrization, samplers, score_matching, sde
 from .likelihood import LikelihoodResult, nll, ode_likelihood, vlb_bpd
-from .samplers import SampleResult, build as build_sampler, sample
+from .samplers import SampleResult, Sampler, build as build_sampler, sample
+from .models import Model
+from ._cache import clear_cache
 from .backend import Backend, LoopError, NumPyBackend, StepBudgetExceeded, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .sde import VESDE, VPSDE, subVPSDE

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import parametrization as param
+from .models import Model
 from ._array import (
     TableCache,
     array_device,
@@ -280,7 +281,7 @@ class GaussianMixture:
         return MixtureModel(self, process, prediction)
 
 
-class MixtureModel:
+class MixtureModel(Model):
     """A model of the model protocol whose output is exact for Gaussian-mixture data.
 
     ``model(x, t_in, cond=None)``: ``t_in`` is the network time input (``process.model_time(t)``),
@@ -298,13 +299,15 @@ class MixtureModel:
                     f"process must implement the process interface with {method}(); "
                     f"{type(process).__name__} has no {method}"
                 )
-        self.mixture = mixture
-        self.process = process
-        self.prediction = param.check_prediction(prediction)
+        param.check_prediction(prediction)
         if prediction != "scaled_score" and not callable(getattr(param, f"to_{prediction}", None)):
             raise ValueError(f"prediction {prediction!r} has no conversion from the score (diffcore.parametrization.to_{prediction})")
+        self.mixture = mixture
+        self.process = process
+        # no weights: the mixture is fixed data of the pure function (a Model, so loops are reused)
+        super().__init__(self._apply, (), prediction=prediction)
 
-    def __call__(self, x: Any, t_in: Any, cond: Any = None) -> Any:
+    def _apply(self, params: Any, x: Any, t_in: Any, cond: Any = None) -> Any:
         t = self.process.time_from_model_time(t_in)
         score = self.mixture.marginal_score(x, t, self.process)
         if self.prediction == "score":
@@ -314,6 +317,8 @@ class MixtureModel:
         if self.prediction == "scaled_score":  # NCSNv2's sigma * score
             return sigma * score
         return getattr(param, f"to_{self.prediction}")(score, "score", x, alpha, sigma)
+
+    __slots__ = ("mixture", "process")
 
     def __repr__(self) -> str:
         return f"MixtureModel({self.mixture!r}, {type(self.process).__name__}, prediction={self.prediction!r})"

@@ -30,6 +30,7 @@ __all__ = [
     "LoopError",
     "StepBudgetExceeded",
     "python_loop",
+    "NO_ARGS",
     "python_while_loop",
     "check_state_unchanged",
     "plan_length",
@@ -43,6 +44,16 @@ ENTRY_POINT_GROUP = "diffcore.backends"
 
 # The pip extra that installs each known framework backend.
 _EXTRAS = {"torch": "torch", "jax": "jax"}
+
+
+class _NoArgs:
+    """The marker of a loop without extra step arguments (steps then take three)."""
+
+    def __repr__(self) -> str:
+        return "NO_ARGS"
+
+
+NO_ARGS = _NoArgs()
 
 
 class LoopError(ValueError):
@@ -110,8 +121,13 @@ class Backend(Protocol):
         noise_shape: Sequence[int] | None = None,
         sample_ids: Any = None,
         progress: Callable[[int, int], None] | None = None,
+        args: Any = ...,
     ) -> Any:
         """Run ``step`` over every entry of ``plan`` and return the final state.
+
+        With ``args`` (a pytree: a model's weights and condition), each step is called
+        ``step(state, plan_i, noise_i, args)`` and ``args`` is an argument of the loop: a compiled
+        loop takes it as a traced input, never as a constant, so new values need no recompiling.
 
         Step ``i`` gets ``noise_i = normal(fold_in(key, i), noise_shape, sample_ids=sample_ids)``
         in the dtype and on the device of the state's first floating field.
@@ -285,9 +301,10 @@ class NumPyBackend:
         )
 
     # loop drivers ---------------------------------------------------------------------------
-    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None):
+    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, args=NO_ARGS):
         return python_loop(
-            self, step, state, plan, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=progress
+            self, step, state, plan, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=progress,
+            args=args,
         )
 
     def while_loop(self, cond, body, state, *, max_steps):
@@ -329,6 +346,7 @@ class NumPyBackend:
 
 # ---------------------------------------------------------------------------------------------
 # loop drivers shared by the eager backends, and the state checks every driver uses
+
 
 
 def _leaf_signature(x: Any) -> tuple:
@@ -420,12 +438,14 @@ def check_loop_args(plan: tuple, key: Any, noise_shape: Any, sample_ids: Any) ->
 
 
 def python_loop(
-    bk, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, step_fn=None
+    bk, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, step_fn=None, args=NO_ARGS
 ):
     """The eager driver shared by the NumPy and torch backends: a plain Python loop.
 
-    ``step_fn`` (e.g. ``torch.compile(step)``), when given, runs in place of ``step``.
+    ``step_fn`` (e.g. ``torch.compile(step)``), when given, runs in place of ``step``. With
+    ``args``, each step is called ``step(state, plan_i, noise_i, args)``.
     """
+    extra = () if args is NO_ARGS else (args,)
     n, noise_shape = check_loop_args(plan, key, noise_shape, sample_ids)
     if sample_ids is not None:  # read the ids back to the host once, not once per step
         sample_ids = tuple(int(i) for i in (sample_ids.tolist() if hasattr(sample_ids, "tolist") else sample_ids))
@@ -436,7 +456,7 @@ def python_loop(
         noise_i = None
         if noise_shape is not None:
             noise_i = bk.normal(bk.fold_in(key, i), noise_shape, dtype, sample_ids=sample_ids, device=device)
-        new_state = run(state, plan_i, noise_i)
+        new_state = run(state, plan_i, noise_i, *extra)
         check_state_unchanged(state, new_state, i)
         state = new_state
         if progress is not None:

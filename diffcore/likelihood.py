@@ -41,7 +41,8 @@ from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
-from .samplers._base import call_model, check_choice, check_positive, check_steps
+from .models import split_model
+from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
 from .samplers.ode import pf_ode_drift
 from .samplers.solvers import dopri5
@@ -108,6 +109,12 @@ def _resolve_backend(backend: Any, x: Any) -> Any:
     return _get_backend(backend) if isinstance(backend, str) else backend
 
 
+def _reused(fn: Any, key: tuple, make: Callable[[], Any]) -> Any:
+    """A step for the model function ``fn``: from the cache when ``fn`` is reusable (its weights
+    travel as loop arguments), else built for this call only."""
+    return cached(key, make) if fn.reusable else make()
+
+
 def _tile(a: Any, reps: int) -> Any:
     """``a`` repeated ``reps`` times along the batch axis (block-major), or ``a`` itself."""
     if reps == 1 or a is None or not hasattr(a, "shape") or getattr(a, "ndim", 0) < 1:
@@ -158,7 +165,6 @@ class _OdeState(NamedTuple):
 
     x: Any  # (B, ...): the data in, z(T) out
     probes: Any  # (K, B, ...) Hutchinson probes, or None
-    cond: Any  # the model's conditioning, or None
     logp_T: Any  # (B,) log p_T(z(T))
     delta: Any  # (B,) int_eps^T div f~ dt
     nfe: Any  # (B,) drift evaluations each example needed
@@ -183,12 +189,12 @@ def _make_ode_step(
 
     pf_drift = pf_ode_drift(model, sde, prediction)
 
-    def drift(y: Any, t: Any, cond: Any) -> Any:
+    def drift(y: Any, t: Any, args: ModelArgs) -> Any:
         """f~(y, t) = f(t) y - 1/2 g(t)^2 s(y, t), t one time per example."""
-        return pf_drift(t, y, cond)
+        return pf_drift(t, y, args)
 
-    def step(state: _OdeState, plan_i: tuple, noise_i: Any) -> _OdeState:
-        x, cond = state.x, state.cond
+    def step(state: _OdeState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> _OdeState:
+        x = state.x
         xp = array_namespace(x)
         B, D = x.shape[0], math.prod(x.shape[1:])
         device = array_device(x)
@@ -200,7 +206,7 @@ def _make_ode_step(
                 # div f~ = D f(t) - 1/2 g(t)^2 div s
                 div_s = divergence(z, t)
                 div = D * sde._coef(sde._f, t, z.dtype) - 0.5 * sde._coef(sde._g2, t, z.dtype) * div_s
-                return drift(z, t, cond), div
+                return drift(z, t, args), div
 
         else:
             # One vector-Jacobian product per evaluation on a tiled batch: R copies of the batch,
@@ -213,12 +219,12 @@ def _make_ode_step(
             else:
                 R = state.probes.shape[0]
                 vectors = xp.reshape(state.probes, (R * B,) + tuple(x.shape[1:]))
-            cond_r = _tile(cond, R)
+            args_r = ModelArgs(args.weights, _tile(args.cond, R))
 
             def fn(t: Any, y: tuple) -> tuple:
                 z = y[0]
                 t_r = _tile(t, R)
-                out, prod = bk.vjp(lambda v: drift(v, t_r, cond_r), _tile(z, R), vectors)
+                out, prod = bk.vjp(lambda v: drift(v, t_r, args_r), _tile(z, R), vectors)
                 if divergence == "exact":  # sum_d (e_d^T J)_d, block by block
                     div = xp.sum(xp.reshape(prod, (R, B, D)) * picks, axis=(0, 2))
                 else:
@@ -233,7 +239,7 @@ def _make_ode_step(
         if logp_T.dtype != x.dtype:
             logp_T = xp.astype(logp_T, x.dtype)
         return _OdeState(
-            z_T, state.probes, cond, logp_T, delta,
+            z_T, state.probes, logp_T, delta,
             xp.astype(sol.nfe, state.nfe.dtype), xp.astype(sol.steps, state.steps.dtype),
             xp.astype(sol.t, x.dtype), sol.failed, state.max_steps,
         )
@@ -247,7 +253,7 @@ def ode_likelihood(
     x: Any,
     *,
     backend: Any = None,
-    prediction: str = "score",
+    prediction: str | None = None,
     divergence: str | Callable[[Any, Any], Any] = "hutchinson",
     probe: str = "rademacher",
     num_probes: int = 1,
@@ -326,9 +332,11 @@ def ode_likelihood(
     draw = bk.rademacher if probe == "rademacher" else bk.normal
     prior = prior_logp or sde.prior_logp
 
-    step = cached(
-        ("ode", bk, model, sde, prediction, divergence, prior, eps, rtol, atol),
-        lambda: _make_ode_step(bk, model, sde, prediction, divergence, prior, eps, rtol, atol),
+    prediction = resolve_prediction(model, sde, prediction, "score")
+    fn, weights = split_model(model, bk)
+    step = _reused(
+        fn, ("ode", bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
+        lambda: _make_ode_step(bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
     )
     plan = (xp.zeros((1,), dtype=idx, device=device),)
     zeros = xp.zeros((B,), dtype=x.dtype, device=device)
@@ -348,9 +356,9 @@ def ode_likelihood(
             draw_probes = xp.stack(
                 [draw(bk.fold_in(pk, k), x.shape, x.dtype, sample_ids=sample_ids, device=device) for k in range(num_probes)]
             )
-        state = _OdeState(data, draw_probes, cond, zeros, zeros, ints, ints, zeros, falses, budget)
+        state = _OdeState(data, draw_probes, zeros, zeros, ints, ints, zeros, falses, budget)
         with values_checked_upstream():  # inputs were checked above: no sync per evaluation
-            out = bk.loop(step, state, plan)
+            out = bk.loop(step, state, plan, args=ModelArgs(weights, cond))
         _raise_if_unfinished(out, float(sde.T), max_steps, rtol, atol)
         nll = -(out.logp_T + out.delta)
         nll_sum = nll if nll_sum is None else nll_sum + nll
@@ -394,23 +402,23 @@ class _VlbState(NamedTuple):
     total: Any  # (B,) the bound so far, bits/dim
     x: Any  # (B, ...) the data
     offset: Any  # (B,) the stride offset in 1..k (0 for stride 1)
-    cond: Any
 
 
 def _make_vlb_step(model: Callable, diffusion: GaussianDiffusion, clip_denoised: bool, decoder: str) -> Callable:
     last = diffusion.num_timesteps - 1
+    learned = diffusion.model_var_type in ("learned", "learned_range")
 
-    def step(state: _VlbState, plan_i: tuple, noise: Any) -> _VlbState:
+    def step(state: _VlbState, plan_i: tuple, noise: Any, args: ModelArgs) -> _VlbState:
         start, strided, weight = plan_i
         xp = array_namespace(state.x)
         t_raw = start + strided * state.offset  # steps o + j k (strided rows) or the row's step
         valid = t_raw <= last
         t = xp.where(valid, t_raw, xp.full_like(t_raw, last))
         x_t = diffusion.q_sample(state.x, t, noise=noise)
-        output = call_model(model, x_t, diffusion.model_time(t), state.cond)
+        output = call_model(model, args, x_t, diffusion.model_time(t), learned)
         terms, _ = diffusion.vb_terms_bpd(output, state.x, x_t, t, clip_denoised=clip_denoised, decoder=decoder)
         w = xp.astype(valid, terms.dtype) * weight
-        return _VlbState(state.total + w * terms, state.x, state.offset, state.cond)
+        return _VlbState(state.total + w * terms, state.x, state.offset)
 
     return step
 
@@ -469,14 +477,18 @@ def vlb_bpd(
         xp.asarray(strided, dtype=idx, device=device),
         as_xp(weight, xp, x.dtype, device),
     )
-    step = cached(
-        ("vlb", model, diffusion, bool(clip_denoised), decoder),
-        lambda: _make_vlb_step(model, diffusion, bool(clip_denoised), decoder),
+    fn, weights = split_model(model, bk)
+    step = _reused(
+        fn, ("vlb", fn, diffusion, bool(clip_denoised), decoder),
+        lambda: _make_vlb_step(fn, diffusion, bool(clip_denoised), decoder),
     )
-    state = _VlbState(diffusion.prior_bpd(x), x, offset, cond)
+    state = _VlbState(diffusion.prior_bpd(x), x, offset)
     noise_key = bk.fold_in(key, _VLB_STREAM)
     with values_checked_upstream():  # the visited steps are valid by construction: no sync per step
-        out = bk.loop(step, state, plan, key=noise_key, noise_shape=tuple(x.shape), sample_ids=sample_ids)
+        out = bk.loop(
+            step, state, plan, key=noise_key, noise_shape=tuple(x.shape), sample_ids=sample_ids,
+            args=ModelArgs(weights, cond),
+        )
     total = out.total
     return LikelihoodResult(total * (math.prod(x.shape[1:]) * _LN2), total, int(start.shape[0]))
 

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffcore.samplers._base import ModelArgs
+
+#: the loop arguments of a model without weights (an analytic model or a plain callable), for
+#: tests that drive a sampler's steps themselves
+NO_WEIGHTS = ModelArgs((), None)
+
 
 def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Szekely's energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (V-statistic), >= 0, 0 iff equal laws."""

@@ -25,7 +25,7 @@ from diffcore.samplers.ode import FACTORIES, pf_ode_drift, time_from_sigma_ratio
 from diffcore.samplers.solvers import dopri5
 
 from conftest import load_namespace, to_np
-from sampler_utils import energy_distance, exact_samples, two_gaussians_2d
+from sampler_utils import NO_WEIGHTS, energy_distance, exact_samples, two_gaussians_2d
 
 SAMPLERS.update(FACTORIES)
 
@@ -71,9 +71,9 @@ def _run(sampler, x_T, xp=NP):
     bk = diffcore.backend("numpy")
     plan = plan_to(sampler.plan, xp, x_T.dtype, "cpu")
     if sampler.drive is not None:
-        state = sampler.drive(sampler.step, sampler.init(x_T), plan, backend=bk, key=bk.key(0), noise_shape=None)
+        state = sampler.drive(sampler.step, sampler.init(x_T), plan, backend=bk, key=bk.key(0), noise_shape=None, args=NO_WEIGHTS)
     else:
-        state = bk.loop(sampler.step, sampler.init(x_T), plan, key=bk.key(0), noise_shape=None)
+        state = bk.loop(sampler.step, sampler.init(x_T), plan, key=bk.key(0), noise_shape=None, args=NO_WEIGHTS)
     return sampler.result(state)
 
 
@@ -322,11 +322,11 @@ def test_plans_end_where_they_say():
     xT = _x_T(p)
     # denoise = Tweedie's x_0 at eps of the ODE's end point; the driver and a plain loop agree
     np.testing.assert_allclose(_run(d, xT), _tweedie(p, _run(s, xT), 1e-3), rtol=1e-12, atol=1e-13)
-    plain = diffcore.backend("numpy").loop(d.step, d.init(xT), plan_to(d.plan, NP, np.float64, "cpu"))
+    plain = diffcore.backend("numpy").loop(d.step, d.init(xT), plan_to(d.plan, NP, np.float64, "cpu"), args=NO_WEIGHTS)
     np.testing.assert_array_equal(plain.x, _run(d, xT))
     e = build("edm_heun", model, p, steps=10)
     assert e.plan.alpha_next[-1] == 1.0 and e.plan.sigma_next[-1] == 0.0
-    plain = diffcore.backend("numpy").loop(e.step, e.init(xT), plan_to(e.plan, NP, np.float64, "cpu"))
+    plain = diffcore.backend("numpy").loop(e.step, e.init(xT), plan_to(e.plan, NP, np.float64, "cpu"), args=NO_WEIGHTS)
     np.testing.assert_array_equal(plain.x, _run(e, xT))
     # EDM on VP: sigma~ from the process's own ends, sigma~(eps) .. sigma~(T)
     a_e, s_e = _coef(p, 1e-3)

@@ -24,7 +24,7 @@ from diffcore.samplers._base import plan_to
 from diffcore.samplers.sde_samplers import FACTORIES
 
 from conftest import load_namespace, to_np, to_xp
-from sampler_utils import energy_distance, exact_samples, two_gaussians_2d
+from sampler_utils import NO_WEIGHTS, energy_distance, exact_samples, two_gaussians_2d
 
 SAMPLERS.update(FACTORIES)
 
@@ -149,7 +149,7 @@ def _loop(sampler, x_T, step=None):
     bk = diffcore.backend("numpy")
     plan = plan_to(sampler.plan, bk.xp, np.float64, "cpu")
     shape = (x_T.shape[0], sampler.noise_draws) + x_T.shape[1:]
-    state = bk.loop(step or sampler.step, sampler.init(x_T), plan, key=bk.key(0), noise_shape=shape)
+    state = bk.loop(step or sampler.step, sampler.init(x_T), plan, key=bk.key(0), noise_shape=shape, args=NO_WEIGHTS)
     return sampler.result(state)
 
 
@@ -168,7 +168,7 @@ def test_dropped_noise_mutant_fails(target, name, process, options):
     s = build(name, target.mix.as_model(proc, "score"), proc, **options)
     x_T = proc.prior_sample(np.random.default_rng(0).standard_normal((N, 2)))
     good = target.distance(_loop(s, x_T))
-    mutant = target.distance(_loop(s, x_T, step=lambda st, p, z: s.step(st, p, 0.0 * z)))
+    mutant = target.distance(_loop(s, x_T, step=lambda st, p, z, a: s.step(st, p, 0.0 * z, a)))
     assert mutant > 10 * max(good, target.floor)
 
 
@@ -266,7 +266,7 @@ def _replay(sampler, x_T, noises, xp, jit=False, rows=None):
     def run(x_T, plan, noises):
         state = sampler.init(x_T)
         for i in range(rows):
-            state = sampler.step(state, tuple(p[i] for p in plan), noises[i])
+            state = sampler.step(state, tuple(p[i] for p in plan), noises[i], NO_WEIGHTS)
         return sampler.result(state), state.bad_step
 
     if jit:

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from .._array import array_device, array_namespace, as_like, values_checked_upstream
+from .._array import array_device, array_namespace, as_like, check_float_array, values_checked_upstream
 from .._cache import cached
-from ..backend import Backend, backend as _get_backend
-from ._base import Sampler, plan_to
+from ..backend import Backend, backend as _get_backend, check_shape
+from ..models import ModelFn, split_model
+from ._base import ModelArgs, Sampler, plan_to
 from .ancestral import ddim, ddpm
 from .control import inpaint
 from .grid import time_grid
 from .ode import FACTORIES as _ODE_SAMPLERS
 from .sde_samplers import FACTORIES as _SDE_SAMPLERS
 
-__all__ = ["SAMPLERS", "Sampler", "SampleResult", "build", "sample", "register_sampler", "inpaint", "time_grid"]
+__all__ = ["SAMPLERS", "Sampler", "SampleResult", "build", "run", "sample", "register_sampler", "inpaint", "time_grid"]
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddpm": ddpm,
@@ -50,15 +51,45 @@ class SampleResult(NamedTuple):
     nfe: int
 
 
-def build(name: str, model: Callable[..., Any], process: Any, **options: Any) -> Sampler:
-    """The sampler ``name`` for ``model`` on ``process`` (see :data:`SAMPLERS`)."""
-    if name not in SAMPLERS:
+def build(name: str, model: Callable[..., Any], process: Any, *, backend: str | Backend | None = None, **options: Any) -> Sampler:
+    """The sampler ``name`` for ``model`` on ``process`` (see :data:`SAMPLERS`), ready to run many times.
+
+    ``model`` fixes the structure the sampler calls (its pure function, :mod:`diffcore.models`), not
+    its weights: ``sampler.sample(model, shape, ...)`` reads the current weights at every run, so a
+    sampler built once serves a model being trained (JAX compiles its loop once). ``backend`` is
+    the backend whose models it may split (the JAX backend splits flax nnx modules; default: numpy).
+    """
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
-    if not callable(model):
-        raise TypeError(f"model must be callable model(x, t_in, cond=None); got {type(model).__name__}")
-    # the same sampler object for the same inputs, so that JAX compiles its loop once
-    key = ("sampler", name, model, process, tuple(sorted(options.items())))
-    return cached(key, lambda: SAMPLERS[name](model, process, **options))
+    if process is None and name != "langevin":
+        raise TypeError(f"sampler {name!r} needs a process (e.g. diffcore.VPSDE() or a GaussianDiffusion); got process=None")
+    if "cond" in options:
+        raise TypeError("cond is an argument of the run, not of the sampler: pass it to diffcore.sample or Sampler.sample")
+    bk = _resolve_backend(backend)
+    fn, _ = split_model(model, bk)
+    return _build(name, fn, process, options)
+
+
+def _build(name: str, fn: ModelFn, process: Any, options: dict) -> Sampler:
+    """The sampler for the pure function ``fn``; reused from the cache when ``fn`` is reusable."""
+
+    def make() -> Sampler:
+        prior = getattr(process, "prior_sample", None)
+        return SAMPLERS[name](fn, process, **options)._replace(model=fn, prior=prior)
+
+    if not fn.reusable:  # its state is invisible to the backend: never reuse a loop built for it
+        return make()
+    return cached(("sampler", name, fn, process, tuple(sorted(options.items()))), make)
+
+
+def _resolve_backend(backend: Any) -> Backend:
+    if backend is None:
+        return _get_backend("numpy")
+    if isinstance(backend, str):
+        return _get_backend(backend)
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a backend name (e.g. 'numpy', 'torch', 'jax') or a Backend; got {type(backend).__name__}")
+    return backend
 
 
 def sample(
@@ -75,6 +106,7 @@ def sample(
     x_T: Any = None,
     mask: Any = None,
     known: Any = None,
+    cond: Any = None,
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
 ) -> SampleResult:
@@ -82,20 +114,70 @@ def sample(
 
     ``seed`` seeds the backend's generator (``sample_ids`` seeds each example on its own, so a
     sample does not depend on its batch); ``x_T`` replaces the prior draw; ``mask`` / ``known``
-    inpaint (mask 1 where ``known`` holds). Other options go to the sampler (``steps``, ``eta``...).
-    Non-finite model outputs stop the run with an error naming the first bad step and its time.
+    inpaint (mask 1 where ``known`` holds); ``cond`` conditions the model (class labels...).
+    Other options go to the sampler (``steps``, ``eta``...). Non-finite values stop the run with
+    an error naming the first bad step and its time.
+
+    The model's weights are an argument of the loop: changed weights always give new samples.
+    A model whose weights the backend can see (:class:`diffcore.Model`, a flax nnx module on JAX)
+    reuses the loop built for the same sampler, process and options (JAX compiles it once); any
+    other callable gets a loop of its own on every call. To run one sampler many times, build it
+    once: ``s = diffcore.build_sampler(name, model, process, **options)``, then ``s.sample(model, shape)``.
     """
-    bk = _get_backend(backend) if isinstance(backend, str) else backend
-    shape = tuple(int(s) for s in shape)
+    bk = _resolve_backend(backend)
+    if "cond" in options:  # pragma: no cover - cond is a named argument above
+        raise TypeError("cond given twice")
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
+    if process is None and name != "langevin":
+        raise TypeError(f"sampler {name!r} needs a process (e.g. diffcore.VPSDE() or a GaussianDiffusion); got process=None")
+    fn, weights = split_model(model, bk)
+    sampler = _build(name, fn, process, options)
+    return _run(sampler, fn, weights, shape, bk, seed=seed, dtype=dtype, device=device, sample_ids=sample_ids,
+                x_T=x_T, mask=mask, known=known, cond=cond, progress=progress)
+
+
+def run(
+    sampler: Sampler,
+    model: Callable[..., Any],
+    shape: tuple[int, ...],
+    *,
+    backend: str | Backend = "numpy",
+    seed: int = 0,
+    dtype: Any = None,
+    device: Any = None,
+    sample_ids: Any = None,
+    x_T: Any = None,
+    mask: Any = None,
+    known: Any = None,
+    cond: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SampleResult:
+    """Run a built ``sampler`` with ``model``'s current weights (``Sampler.sample``)."""
+    bk = _resolve_backend(backend)
+    fn, weights = split_model(model, bk)
+    if sampler.model is not None and fn != sampler.model:
+        raise ValueError(
+            f"sampler {sampler.name!r} was built for another model ({sampler.model!r}); got {fn!r}: build a sampler "
+            "for this model, or pass a model of the same structure (a diffcore.Model with the same apply, an nnx "
+            "module of the same graph)"
+        )
+    return _run(sampler, sampler.model or fn, weights, shape, bk, seed=seed, dtype=dtype, device=device,
+                sample_ids=sample_ids, x_T=x_T, mask=mask, known=known, cond=cond, progress=progress)
+
+
+def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_T, mask, known, cond, progress):
+    shape = check_shape(shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes (batch first); got {shape}")
-    sampler = build(name, model, process, **options)
     key = bk.key(seed)
     if x_T is None:
         noise = bk.normal(bk.fold_in(key, _PRIOR_STREAM), shape, dtype, sample_ids=sample_ids, device=device)
-        x_T = process.prior_sample(noise)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
+        x_T = sampler.prior(noise) if sampler.prior is not None else noise
+    else:
+        check_float_array(x_T, "x_T")
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
     if mask is not None or known is not None:  # converted once, here: the loop must not convert or move them
         if mask is None or known is None:
             raise ValueError("inpainting needs both mask and known (the observation); got only one of them")
@@ -110,6 +192,7 @@ def sample(
         noise_shape=noise_shape,
         sample_ids=sample_ids if noise_shape is not None else None,
         progress=progress,
+        args=ModelArgs(weights, cond),
     )
     with values_checked_upstream():  # the plan's times are valid by construction: no sync per step
         if sampler.drive is not None:
@@ -119,7 +202,7 @@ def sample(
     bad = int(state.bad_step)
     if bad >= 0:
         raise FloatingPointError(
-            f"sampler {name!r}: the model returned a non-finite value at step {bad} "
+            f"sampler {sampler.name!r}: the model returned a non-finite value at step {bad} "
             f"(time {sampler.times[bad]:g} of the process); the samples were discarded"
         )
     nfe = sampler.nfe if sampler.nfe is not None else int(state.nfe)

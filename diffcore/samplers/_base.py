@@ -24,6 +24,7 @@ from ..parametrization import PREDICTIONS, to_eps, to_score, to_x0
 
 __all__ = [
     "Sampler",
+    "ModelArgs",
     "SampleState",
     "init_state",
     "final_x",
@@ -38,12 +39,26 @@ __all__ = [
 ]
 
 
+class ModelArgs(NamedTuple):
+    """What a step receives besides the state, plan row and noise: the model's weights (a pytree,
+    or None for a model whose state the backend cannot see) and its condition (or None). Both are
+    arguments of the loop, never constants captured by the step."""
+
+    weights: Any
+    cond: Any = None
+
+
 class Sampler(NamedTuple):
     """A sampler ready to run: ``state = init(x_T)``, then ``step`` over ``plan``, then ``result(state)``.
 
+    ``step(state, plan_i, noise_i, args)`` with ``args`` a :class:`ModelArgs`; ``model`` is the
+    pure function the steps call (:class:`diffcore.models.ModelFn`): a sampler built once runs
+    again with any weights of a model of the same structure (``Sampler.sample``); ``prior`` draws
+    x_T from standard normal noise (the process's ``prior_sample``).
+
     ``times`` are the process times of the steps (for error messages); ``nfe`` is the number of
     model evaluations of the whole run (``None`` when the state counts them: ``state.nfe``);
-    ``drive(step, state, plan, *, backend, key, noise_shape, sample_ids, progress)`` replaces the
+    ``drive(step, state, plan, *, backend, key, noise_shape, sample_ids, progress, args)`` replaces the
     backend's ``loop`` for samplers that need another driver (adaptive solvers use the bounded
     while-loop; EDM's last row needs one model call instead of two).
     """
@@ -57,6 +72,15 @@ class Sampler(NamedTuple):
     nfe: int | None
     times: np.ndarray
     drive: Callable[..., Any] | None = None
+    model: Any = None
+    prior: Callable[[Any], Any] | None = None
+
+    def sample(self, model: Any, shape: tuple, **options: Any) -> Any:
+        """Run this sampler with ``model``'s current weights (see :func:`diffcore.sample` for the
+        options: backend, seed, dtype, device, sample_ids, x_T, mask, known, cond, progress)."""
+        from . import run
+
+        return run(self, model, shape, **options)
 
 
 class SampleState(NamedTuple):
@@ -92,11 +116,31 @@ def plan_to(plan: Any, xp: Any, dtype: Any, device: Any) -> tuple:
     return tuple(out)
 
 
-def call_model(model: Callable[..., Any], x: Any, t_in: Any, cond: Any = None) -> Any:
-    """model(x, t_in broadcast to one entry per example[, cond])."""
+def call_model(model: Callable[..., Any], args: ModelArgs, x: Any, t_in: Any, learned_variance: bool = False) -> Any:
+    """model(weights, x, t_in broadcast to one entry per example[, cond]), its shape checked.
+
+    The output must have x's shape (2 C channels on axis 1 with ``learned_variance``): a (B, 1),
+    (1, D) or scalar output would otherwise broadcast silently into the samples. The check reads
+    shapes only, so it costs nothing inside a compiled loop.
+    """
     xp = array_namespace(x)
     t_vec = xp.broadcast_to(t_in, (x.shape[0],))
-    return model(x, t_vec) if cond is None else model(x, t_vec, cond)
+    out = model(args.weights, x, t_vec, args.cond)
+    check_output_shape(out, x, learned_variance)
+    return out
+
+
+def check_output_shape(out: Any, x: Any, learned_variance: bool = False) -> None:
+    shape = getattr(out, "shape", None)
+    expected = tuple(x.shape)
+    if learned_variance and len(expected) >= 2:
+        expected = (expected[0], 2 * expected[1]) + expected[2:]
+    if shape is None or tuple(shape) != expected:
+        got = "an output without a shape" if shape is None else f"shape {tuple(shape)}"
+        raise ValueError(
+            f"the model returned {got} for x of shape {tuple(x.shape)}; it must return shape {expected}"
+            + (" (2 C channels: the mean and the variance outputs)" if learned_variance else " (x's shape)")
+        )
 
 
 def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
@@ -123,9 +167,9 @@ class Denoised(NamedTuple):
     output: Any
 
 
-def denoise(model, x, t_in, alpha, sigma, prediction: str, cond: Any = None, clip: bool = False) -> Denoised:
+def denoise(model, args: ModelArgs, x, t_in, alpha, sigma, prediction: str, clip: bool = False) -> Denoised:
     """The model's x_0 and eps at x = alpha x_0 + sigma eps (eps recomputed from the clipped x_0)."""
-    output = call_model(model, x, t_in, cond)
+    output = call_model(model, args, x, t_in)
     x0 = to_x0(output, prediction, x, alpha, sigma)
     if clip:
         x0 = array_namespace(x).clip(x0, min=-1.0, max=1.0)
@@ -135,9 +179,9 @@ def denoise(model, x, t_in, alpha, sigma, prediction: str, cond: Any = None, cli
     return Denoised(x0, eps, output)
 
 
-def model_score(model, x, t_in, alpha, sigma, prediction: str, cond: Any = None) -> tuple[Any, Any]:
+def model_score(model, args: ModelArgs, x, t_in, alpha, sigma, prediction: str) -> tuple[Any, Any]:
     """(score, raw output) of the model at x."""
-    output = call_model(model, x, t_in, cond)
+    output = call_model(model, args, x, t_in)
     return to_score(output, prediction, x, alpha, sigma), output
 
 

@@ -21,6 +21,7 @@ from ..diffusion import GaussianDiffusion
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
     resolve_prediction,
+    ModelArgs,
     SampleState,
     final_x,
     init_state,
@@ -54,7 +55,7 @@ class DDPMPlan(NamedTuple):
     sigma_next: np.ndarray
 
 
-def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, cond=None, prediction=None) -> Sampler:
+def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, prediction=None) -> Sampler:
     """DDPM ancestral sampling with the process's variance type (fixed_small, fixed_large, learned
     types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4)."""
     if not isinstance(process, GaussianDiffusion):
@@ -87,11 +88,11 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
     )
     learned = var_type in ("learned", "learned_range")
 
-    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = DDPMPlan(*plan_i)
         xp = array_namespace(state.x)
         x = state.x
-        output = call_model(model, x, p.t_in, cond)
+        output = call_model(model, args, x, p.t_in, learned)
         if learned:
             mean_out, var_out = split_learned_variance(output, x.shape[1])
             if var_type == "learned":
@@ -134,7 +135,6 @@ def ddim(
     eta=0.0,
     eps=None,
     clip_denoised=False,
-    cond=None,
     prediction=None,
 ) -> Sampler:
     """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance)."""
@@ -155,9 +155,9 @@ def ddim(
     n = grid.times.shape[0]
     plan = DDIMPlan(np.arange(n), grid.t_in, alpha, sigma, alpha_next, sigma_next, c_eps, c_noise)
 
-    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = DDIMPlan(*plan_i)
-        d = denoise(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond, clip_denoised)
+        d = denoise(model, args, state.x, p.t_in, p.alpha, p.sigma, prediction, clip_denoised)
         x_next = p.alpha_next * d.x0 + p.c_eps * d.eps
         if eta > 0:
             x_next = x_next + p.c_noise * noise_i[:, 0, ...]

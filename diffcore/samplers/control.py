@@ -56,8 +56,8 @@ def inpaint(sampler: Sampler, mask: Any, known: Any, shape: tuple) -> Sampler:
         m = xp.astype(mask, x.dtype)
         return m * (alpha * known + sigma * z) + (1.0 - m) * x
 
-    def step(state, plan_i, noise_i):
-        new = sampler.step(state, plan_i, noise_i[:, :k, ...] if k else None)
+    def step(state, plan_i, noise_i, args):
+        new = sampler.step(state, plan_i, noise_i[:, :k, ...] if k else None, args)
         x = project(new.x, plan_i[ia], plan_i[is_], noise_i[:, k, ...])
         return new._replace(x=x)
 

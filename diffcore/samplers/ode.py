@@ -34,10 +34,12 @@ import numpy as np
 from .._array import array_device, array_namespace, default_dtype, expand_to
 from ..backend import backend_for, check_max_steps
 from ..diffusion import GaussianDiffusion
+from ..models import ModelFn, split_model
 from ..parametrization import to_score
 from ..schedules import karras_sigmas
 from ._base import (
     resolve_prediction,
+    ModelArgs,
     SampleState,
     final_x,
     init_state,
@@ -106,18 +108,20 @@ def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
     sigma = 0, where inpainting's ``result`` puts the known part back exactly.
     """
 
-    def drive(step, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None):
+    def drive(step, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None, args=None):
         bk = backend
         n = int(plan[0].shape[0])
         if n > 1:
             head = tuple(p[: n - 1] for p in plan)
             inner = None if progress is None else (lambda done, total: progress(done, n))
             state = bk.loop(
-                step, state, head, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=inner
+                step, state, head, key=key, noise_shape=noise_shape, sample_ids=sample_ids, progress=inner, args=args
             )
         tail = tuple(p[n - 1 :] for p in plan)
         tail_key = None if noise_shape is None else bk.fold_in(key, n - 1)
-        state = bk.loop(final_step, state, tail, key=tail_key, noise_shape=noise_shape, sample_ids=sample_ids)
+        state = bk.loop(
+            final_step, state, tail, key=tail_key, noise_shape=noise_shape, sample_ids=sample_ids, args=args
+        )
         if progress is not None:
             progress(n, n)
         return state
@@ -234,7 +238,7 @@ RK4Plan = _rk_plan_class("rk4", 4)
 _PLANS = {"euler": EulerPlan, "heun": HeunPlan, "rk4": RK4Plan}
 
 
-def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, cond, prediction) -> Sampler:
+def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction) -> Sampler:
     """Explicit RK of the PF-ODE on ``linspace(T, eps, steps + 1)``.
 
     Row i is one RK step from t_i to t_{i+1}: stage k is evaluated at t_i + c_k dt (columns
@@ -288,14 +292,14 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
     plan = Plan(**{key: (col.astype(np.int64) if key == "index" else np.asarray(col, dtype=np.float64)) for key, col in cols.items()})
 
     def make_step(used: int):
-        def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+        def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
             p = Plan(*plan_i)
             x = state.x
             x_next = x
             slope = None
             for k in range(used):
                 xk = x if k == 0 else x + getattr(p, f"a_{k}") * slope
-                out = call_model(model, xk, getattr(p, f"t_in_{k}"), cond)
+                out = call_model(model, args, xk, getattr(p, f"t_in_{k}"))
                 score = to_score(out, prediction, xk, getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}"))
                 slope = getattr(p, f"f_{k}") * xk - 0.5 * getattr(p, f"g2_{k}") * score
                 x_next = x_next + getattr(p, f"b_{k}") * slope
@@ -309,30 +313,36 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, con
     return Sampler(name, plan, init_state, step, final_x, 0, nfe, times, drive)
 
 
-def ode_euler(model, process, *, steps=100, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+def ode_euler(model, process, *, steps=100, eps=None, denoise=False, prediction=None) -> Sampler:
     """Euler's method on the probability-flow ODE (order 1; NFE = steps [+1 with ``denoise``])."""
-    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
 
 
-def ode_heun(model, process, *, steps=50, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+def ode_heun(model, process, *, steps=50, eps=None, denoise=False, prediction=None) -> Sampler:
     """Heun's (explicit trapezoidal) method on the PF-ODE (order 2; NFE = 2 steps [+1])."""
-    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
 
 
-def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, cond=None, prediction=None) -> Sampler:
+def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, prediction=None) -> Sampler:
     """The classic 4-stage Runge-Kutta method on the PF-ODE (order 4; NFE = 4 steps [+1])."""
-    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, cond=cond, prediction=prediction)
+    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
 
 
 # --------------------------------------------------------------------- PF-ODE, adaptive
 
 
-def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str, cond: Any = None) -> Callable[..., Any]:
-    """fn(t_vec, x, cond=cond) = f(t) x - 1/2 g(t)^2 s(x, t), the probability-flow drift with the
-    score from ``model`` (one time per example). The samplers and the likelihood share it."""
+def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str) -> Callable[..., Any]:
+    """fn(t_vec, x, args) = f(t) x - 1/2 g(t)^2 s(x, t), the probability-flow drift with the
+    score from ``model`` called with ``args`` (one time per example). The samplers and the
+    likelihood share it. A model that is not split yet is split here, and ``args`` defaults to its
+    own weights (for calling the drift outside a loop)."""
+    default_args = None
+    if not isinstance(model, ModelFn):
+        model, weights = split_model(model)
+        default_args = ModelArgs(weights)
 
-    def fn(t: Any, x: Any, cond: Any = cond) -> Any:
-        out = call_model(model, x, process.model_time(t), cond)
+    def fn(t: Any, x: Any, args: ModelArgs = default_args) -> Any:
+        out = call_model(model, args, x, process.model_time(t))
         alpha = expand_to(process.alpha(t, dtype=x.dtype), x)
         sigma = expand_to(process.sigma(t, dtype=x.dtype), x)
         drift, g = process.sde(x, t)
@@ -367,7 +377,6 @@ def ode_dopri5(
     max_steps=10_000,
     h0=None,
     denoise=False,
-    cond=None,
     prediction=None,
 ) -> Sampler:
     """The PF-ODE from T to eps with adaptive Dormand-Prince 5(4), each example its own solve.
@@ -389,7 +398,7 @@ def ode_dopri5(
     plan = DopriPlan(
         np.array([0]), np.array([float(process.T)]), np.array([eps]), end["t_in"], end["alpha"], end["sigma"]
     )
-    fn = pf_ode_drift(model, process, prediction, cond)
+    drift = pf_ode_drift(model, process, prediction)
 
     def init(x_T: Any) -> DopriSampleState:
         xp, device = array_namespace(x_T), array_device(x_T)
@@ -397,26 +406,27 @@ def ode_dopri5(
         zero = xp.asarray(0, dtype=idx, device=device)
         return DopriSampleState(x_T, initial_flag(x_T), zero, xp.zeros((x_T.shape[0],), dtype=idx, device=device))
 
-    def solve(bk: Any, state: DopriSampleState, plan_i: tuple) -> DopriSampleState:
+    def solve(bk: Any, state: DopriSampleState, plan_i: tuple, args: ModelArgs) -> DopriSampleState:
         p = DopriPlan(*plan_i)
+        fn = lambda t, x: drift(t, x, args)  # noqa: E731
         sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0)
         x, nfe, per_example = sol.y, state.nfe + sol.nfe_total, state.nfe_per_example + sol.nfe
         if denoise:
-            x = _denoise(model, x, p.t_in_end, p.alpha_end, p.sigma_end, prediction, cond).x0  # Tweedie
+            x = _denoise(model, args, x, p.t_in_end, p.alpha_end, p.sigma_end, prediction).x0  # Tweedie
             nfe, per_example = nfe + 1, per_example + 1
         return DopriSampleState(x, flag_nonfinite(state.bad_step, x, p.index), nfe, per_example)
 
-    def step(state: DopriSampleState, plan_i: tuple, noise_i: Any) -> DopriSampleState:
+    def step(state: DopriSampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> DopriSampleState:
         """The whole solve as one step, with the default backend of the state's arrays."""
-        return solve(backend_for(state.x), state, plan_i)
+        return solve(backend_for(state.x), state, plan_i, args)
 
-    def drive(step_fn, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None):
+    def drive(step_fn, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None, args=None):
         if step_fn is not step:
             raise ValueError(
                 "ode_dopri5 has no fixed grid of steps to wrap (e.g. for inpainting, which projects after every "
                 "step); use a fixed-step sampler such as 'ode_heun', 'edm_heun' or 'dpmpp_2m'"
             )
-        state = solve(backend, state, tuple(p[0] for p in plan))
+        state = solve(backend, state, tuple(p[0] for p in plan), args)
         if progress is not None:
             progress(1, 1)
         return state
@@ -458,7 +468,6 @@ def edm_heun(
     S_tmax=math.inf,
     S_noise=1.0,
     clip_denoised=False,
-    cond=None,
     prediction=None,
 ) -> Sampler:
     """EDM's sampler (Karras et al. 2022, Algorithm 1; with ``S_churn`` > 0 Algorithm 2).
@@ -534,20 +543,20 @@ def edm_heun(
     )
     churn = S_churn > 0 and bool(np.any(noise_scale > 0))
 
-    def x0(x_tilde, t_in, alpha, s_):
-        return _denoise(model, alpha * x_tilde, t_in, alpha, alpha * s_, prediction, cond, clip_denoised)
+    def x0(args, x_tilde, t_in, alpha, s_):
+        return _denoise(model, args, alpha * x_tilde, t_in, alpha, alpha * s_, prediction, clip_denoised)
 
     def make_step(corrector: bool):
-        def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+        def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
             p = EDMPlan(*plan_i)
             x_tilde = state.x / p.alpha
             if churn:
                 x_tilde = x_tilde + p.noise_scale * noise_i[:, 0, ...]
-            first = x0(x_tilde, p.t_in_hat, p.alpha_hat, p.s_hat)
+            first = x0(args, x_tilde, p.t_in_hat, p.alpha_hat, p.s_hat)
             d = (x_tilde - first.x0) / p.s_hat
             if corrector:
                 x_euler = x_tilde + p.ds * d
-                second = x0(x_euler, p.t_in_corr, p.alpha_corr, p.s_corr)
+                second = x0(args, x_euler, p.t_in_corr, p.alpha_corr, p.s_corr)
                 d_corr = (x_euler - second.x0) / p.s_corr
                 x_next = x_tilde + p.w_d * d + p.w_corr * d_corr
             else:
@@ -634,7 +643,7 @@ def _logsnr_grid(process: Any, steps: Any, eps: Any) -> tuple[np.ndarray, np.nda
 
 
 def dpmpp_2m(
-    model, process, *, steps=20, spacing="linspace", eps=None, clip_denoised=False, cond=None, prediction=None
+    model, process, *, steps=20, spacing="linspace", eps=None, clip_denoised=False, prediction=None
 ) -> Sampler:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) with x_0 predictions, written against the process interface.
 
@@ -675,9 +684,9 @@ def dpmpp_2m(
         xp = array_namespace(x_T)
         return DPMState(x_T, xp.zeros_like(x_T), initial_flag(x_T))
 
-    def step(state: DPMState, plan_i: tuple, noise_i: Any) -> DPMState:
+    def step(state: DPMState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> DPMState:
         p = DPMPlan(*plan_i)
-        d = _denoise(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond, clip_denoised)
+        d = _denoise(model, args, state.x, p.t_in, p.alpha, p.sigma, prediction, clip_denoised)
         D = p.w_cur * d.x0 + p.w_prev * state.x0_prev
         x_next = p.c_x * state.x + p.c_d * D
         return DPMState(x_next, d.x0, flag_nonfinite(state.bad_step, x_next, p.index))

@@ -60,6 +60,7 @@ from ..diffusion import GaussianDiffusion
 from ..sde import SDE, VESDE, VPSDE, subVPSDE
 from ._base import (
     resolve_prediction,
+    ModelArgs,
     SampleState,
     final_x,
     init_state,
@@ -100,19 +101,19 @@ class LangevinPlan(NamedTuple):
     sigma_next: np.ndarray
 
 
-def _langevin_step(model, prediction: str, cond: Any):
+def _langevin_step(model, prediction: str):
     """x <- x + a s(x) + c z (c = sqrt(2a), or 0 for a denoising step)."""
 
-    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = LangevinPlan(*plan_i)
-        s, _ = model_score(model, state.x, p.t_in, p.alpha, p.sigma, prediction, cond)
+        s, _ = model_score(model, args, state.x, p.t_in, p.alpha, p.sigma, prediction)
         x = state.x + p.step_size * s + p.noise_scale * noise_i[:, 0, ...]
         return SampleState(x, flag_nonfinite(state.bad_step, x, p.index))
 
     return step
 
 
-def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None, prediction=None) -> Sampler:
+def langevin(model, process=None, *, step_size, steps=1000, t_in=None, prediction=None) -> Sampler:
     """Unadjusted Langevin dynamics x <- x + a s(x) + sqrt(2 a) z at one noise level.
 
     The model is called with ``t_in`` (default: the process's model time at t = 0; 0.0 without a
@@ -145,7 +146,7 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, cond=None
     plan = LangevinPlan(
         np.arange(steps), full(t_in), full(alpha), full(sigma), full(a), full(math.sqrt(2.0 * a)), full(alpha), full(sigma)
     )
-    return Sampler("langevin", plan, init_state, _langevin_step(model, prediction, cond), final_x, 1, steps, full(t))
+    return Sampler("langevin", plan, init_state, _langevin_step(model, prediction), final_x, 1, steps, full(t))
 
 
 def annealed_langevin(
@@ -156,7 +157,6 @@ def annealed_langevin(
     steps_per_level=5,
     step_lr=6.2e-6,
     final_denoise=True,
-    cond=None,
     prediction=None,
 ) -> Sampler:
     """NCSN's annealed Langevin dynamics on a VE process (Song & Ermon 2019, Alg. 1; 2020).
@@ -195,7 +195,7 @@ def annealed_langevin(
     if final_denoise:
         sigma_next[-1] = 0.0  # x + sigma_L^2 s is the posterior mean: no noise left
     plan = LangevinPlan(np.arange(n), _host(process.model_time(t)), alpha, sigma, a, noise, alpha, sigma_next)
-    return Sampler("annealed_langevin", plan, init_state, _langevin_step(model, prediction, cond), final_x, 1, n, t)
+    return Sampler("annealed_langevin", plan, init_state, _langevin_step(model, prediction), final_x, 1, n, t)
 
 
 # --------------------------------------------------------------------------- predictor-corrector
@@ -285,12 +285,12 @@ def _corrector_alpha(chain: Any, t: np.ndarray) -> np.ndarray:
     return np.asarray(alphas, dtype=np.float64)[_step_index(chain, t)]
 
 
-def _pc_step(model, prediction: str, cond: Any, M: int, predictor_first: bool, per_sample: bool):
-    def correct(x: Any, p: PCPlan, noise_i: Any) -> Any:
+def _pc_step(model, prediction: str, M: int, predictor_first: bool, per_sample: bool):
+    def correct(x: Any, p: PCPlan, noise_i: Any, args: ModelArgs) -> Any:
         xp = array_namespace(x)
         for m in range(M):
             z = noise_i[:, 1 + m, ...]
-            s, _ = model_score(model, x, p.ct_in, p.c_alpha, p.c_sigma, prediction, cond)
+            s, _ = model_score(model, args, x, p.ct_in, p.c_alpha, p.c_sigma, prediction)
             if per_sample:
                 ratio = expand_to(sum_flat(z * z) / sum_flat(s * s), x)
             else:  # score_sde: mean norms over the batch (couples the samples)
@@ -300,15 +300,15 @@ def _pc_step(model, prediction: str, cond: Any, M: int, predictor_first: bool, p
             x = x + step * s + (p.c_last * noise if m == M - 1 else noise)
         return x
 
-    def step(state: SampleState, plan_i: tuple, noise_i: Any) -> SampleState:
+    def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = PCPlan(*plan_i)
         x = state.x
         if M and not predictor_first:
-            x = correct(x, p, noise_i)
-        s, _ = model_score(model, x, p.t_in, p.alpha, p.sigma, prediction, cond)
+            x = correct(x, p, noise_i, args)
+        s, _ = model_score(model, args, x, p.t_in, p.alpha, p.sigma, prediction)
         x = p.c_x * x + p.c_s * s + p.c_z * noise_i[:, 0, ...]
         if M and predictor_first:
-            x = correct(x, p, noise_i)
+            x = correct(x, p, noise_i, args)
         return SampleState(x, flag_nonfinite(state.bad_step, x, p.index))
 
     return step
@@ -328,7 +328,6 @@ def _predictor_corrector(
     norm: str,
     denoise: bool,
     eps: Any,
-    cond: Any,
     prediction: str,
 ) -> Sampler:
     _check_sde(process, name)
@@ -406,7 +405,7 @@ def _predictor_corrector(
         alpha_next=alpha_next,
         sigma_next=sigma_next,
     )
-    step = _pc_step(model, prediction, cond, M, predictor_first, norm == "per_sample")
+    step = _pc_step(model, prediction, M, predictor_first, norm == "per_sample")
     return Sampler(name, plan, init_state, step, final_x, 1 + M, rows * (1 + M), np.asarray(t_pred, dtype=np.float64))
 
 
@@ -423,12 +422,11 @@ def _predictor_sampler(predictor: str):
         norm="per_sample",
         denoise=True,
         eps=None,
-        cond=None,
         prediction=None,
     ) -> Sampler:
         return _predictor_corrector(
             predictor, model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
-            corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps, cond=cond,
+            corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
             prediction=prediction,
         )
 
@@ -458,7 +456,6 @@ def pc(
     norm="per_sample",
     denoise=True,
     eps=None,
-    cond=None,
     prediction=None,
 ) -> Sampler:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): ``predictor`` one of
@@ -466,7 +463,7 @@ def pc(
     ``snr`` (default 0.16 VE, 0.01 VP / sub-VP) and ``corrector_steps`` M. See the module docstring."""
     return _predictor_corrector(
         "pc", model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
-        corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps, cond=cond,
+        corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
         prediction=prediction,
     )
 

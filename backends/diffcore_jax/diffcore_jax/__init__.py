@@ -8,13 +8,17 @@ Registered in the ``diffcore.backends`` entry-point group as ``jax``; get it wit
 from __future__ import annotations
 
 import functools
-from typing import Any
+import sys
+import threading
+import weakref
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from diffcore.backend import (
+    NO_ARGS,
     StepBudgetExceeded,
     _leaves,
     _state_dtype,
@@ -80,14 +84,43 @@ def _as_struct(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("step", "noise_shape", "length"))
-def _scan(step, noise_shape, length, state, plan, key, sample_ids, start):
+# Compiled loops, one jitted function per step function (or per (cond, body) pair), kept while that
+# function lives and no longer: a jit with the step as a *static* argument would keep every step --
+# and the model it calls -- alive in jit's own cache. The jitted function holds the step weakly.
+_SCAN_RUNNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_WHILE_RUNNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_RUNNERS_LOCK = threading.Lock()
+
+
+def _runner(table: Any, fns: tuple, make: Callable[..., Any]) -> Any:
+    """``jax.jit`` of ``make(*weak references to fns)``, found again while the functions live."""
+    try:
+        refs = tuple(weakref.ref(f) for f in fns)
+    except TypeError:  # not weak-referenceable: compile for this call only
+        return make(*((lambda f=f: f) for f in fns))
+    with _RUNNERS_LOCK:
+        level = table
+        for f in fns[:-1]:
+            level = level.setdefault(f, weakref.WeakKeyDictionary())
+        runner = level.get(fns[-1])
+        if runner is None:
+            runner = level[fns[-1]] = make(*refs)
+    return runner
+
+
+def _make_scan(step_ref: Callable[[], Any]) -> Any:
+    return jax.jit(functools.partial(_scan_impl, step_ref), static_argnames=("noise_shape", "length", "has_args"))
+
+
+def _scan_impl(step_ref, state, plan, key, sample_ids, start, args, *, noise_shape, length, has_args):
     """Steps start .. start + length - 1 of the plan, one ``lax.scan`` (compiled once per shape)."""
+    step = step_ref()
     dtype = _state_dtype(state)
+    extra = (args,) if has_args else ()
 
     def body(carry, i):
         plan_i = tuple(p[i] for p in plan)
-        return step(carry, plan_i, _step_noise(key, i, noise_shape, dtype, sample_ids)), None
+        return step(carry, plan_i, _step_noise(key, i, noise_shape, dtype, sample_ids), *extra), None
 
     # One abstract step first, so that a change of shape or dtype names the field instead of
     # ending in lax.scan's generic carry error. Runs at trace time only.
@@ -97,9 +130,13 @@ def _scan(step, noise_shape, length, state, plan, key, sample_ids, start):
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("cond", "body"))
-def _while(cond, body, state, max_steps):
+def _make_while(cond_ref: Callable[[], Any], body_ref: Callable[[], Any]) -> Any:
+    return jax.jit(functools.partial(_while_impl, cond_ref, body_ref))
+
+
+def _while_impl(cond_ref, body_ref, state, max_steps):
     """``lax.while_loop`` with a step counter; returns (state, steps, budget exceeded)."""
+    cond, body = cond_ref(), body_ref()
     pred = jax.eval_shape(cond, _as_struct(state))
     if getattr(pred, "shape", None) != () or not jnp.issubdtype(pred.dtype, jnp.bool_):
         raise TypeError(f"cond must return a scalar boolean array; got {pred}")
@@ -129,8 +166,9 @@ class JaxBackend:
     jit; per-sample rows are vmapped over ``fold_in(key, sample_ids[b])``. ``device=`` places an
     eager draw with ``jax.device_put``; inside jit arrays live where the computation runs.
 
-    Loops: ``loop`` is ``lax.scan`` under ``jax.jit`` (compiled once per step function and shapes;
-    the step is a static argument, so pass the same function object to reuse the compilation);
+    Loops: ``loop`` is ``lax.scan`` under ``jax.jit`` (compiled once per step function and shapes,
+    kept while the step function lives: pass the same function object to reuse the compilation;
+    ``args`` are traced inputs, so new weights need no recompiling);
     with ``progress`` the scan runs in chunks of ``chunk_size`` steps (default: a tenth of the
     plan) and reports between them (through ``jax.debug.callback`` when called inside jit).
     ``while_loop`` is ``lax.while_loop`` with a step counter; a budget overrun raises
@@ -170,7 +208,10 @@ class JaxBackend:
         return self._sample("uniform", key, shape, dtype, sample_ids, device)
 
     # loop drivers ---------------------------------------------------------------------------
-    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, chunk_size=None):
+    def loop(
+        self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, chunk_size=None,
+        args=NO_ARGS,
+    ):
         """``lax.scan`` of ``step`` over ``plan`` under ``jax.jit``; see the class docstring."""
         n, noise_shape = check_loop_args(plan, key, noise_shape, sample_ids)
         if noise_shape is not None:
@@ -185,27 +226,45 @@ class JaxBackend:
         if sample_ids is not None:
             sample_ids = jnp.asarray(sample_ids)
         traced = any(_is_tracer(x) for x in _leaves(state))
+        has_args = args is not NO_ARGS
+        scan = _runner(_SCAN_RUNNERS, (step,), _make_scan)
         done = 0
         while done < n:
             length = min(chunk, n - done)
-            state = _scan(step, noise_shape, length, state, plan, key, sample_ids, done)
+            state = scan(
+                state, plan, key, sample_ids, done, args if has_args else None,
+                noise_shape=noise_shape, length=length, has_args=has_args,
+            )
             done += length
             if progress is not None:
                 if traced:  # inside the caller's jit: report when the chunk has run
                     jax.debug.callback(functools.partial(_call_progress, progress, done, n), jax.tree.leaves(state))
                 else:
+                    # wait for the chunk: a report at dispatch would say nothing, and Ctrl-C would
+                    # have to wait for the whole run
+                    jax.block_until_ready(state)
                     progress(done, n)
         return state
 
     def while_loop(self, cond, body, state, *, max_steps):
         max_steps = check_max_steps(max_steps)
-        state, steps, exceeded = _while(cond, body, state, max_steps)
+        state, steps, exceeded = _runner(_WHILE_RUNNERS, (cond, body), _make_while)(state, max_steps)
         if _is_tracer(steps):
             jax.debug.callback(functools.partial(_report_budget, max_steps), steps, exceeded)
             return state
         if bool(exceeded):
             raise StepBudgetExceeded(budget_message(int(steps), max_steps), steps=int(steps), state=state)
         return state
+
+    # models ---------------------------------------------------------------------------------
+    def split_model(self, model: Any) -> tuple | None:
+        """(apply, weights, key) of a flax nnx module: its graph definition is the static part and
+        its state the weights, an argument of compiled loops (None for other kinds of model)."""
+        nnx = sys.modules.get("flax.nnx")  # a module of nnx exists only if flax was imported
+        if nnx is None or not isinstance(model, nnx.Module):
+            return None
+        graphdef, state = nnx.split(model)
+        return _NnxApply(graphdef), state, ("nnx", graphdef)
 
     # autodiff -------------------------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
@@ -250,6 +309,21 @@ class JaxBackend:
 
     def __repr__(self) -> str:
         return "JaxBackend()"
+
+
+class _NnxApply:
+    """``apply(state, x, t_in[, cond])`` of an nnx module given by its graph definition."""
+
+    __slots__ = ("graphdef", "__weakref__")
+
+    def __init__(self, graphdef: Any) -> None:
+        self.graphdef = graphdef
+
+    def __call__(self, state: Any, x: Any, t_in: Any, cond: Any = None) -> Any:
+        from flax import nnx
+
+        module = nnx.merge(self.graphdef, state)
+        return module(x, t_in) if cond is None else module(x, t_in, cond)
 
 
 def _call_progress(progress, done, total, _state):

@@ -17,6 +17,7 @@ import torch
 import torch.func
 
 from diffcore.backend import (
+    NO_ARGS,
     check_seed,
     check_shape,
     mix64,
@@ -135,13 +136,16 @@ class TorchBackend:
         )
 
     # loop drivers ---------------------------------------------------------------------------
-    def loop(self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, compile=None):
+    def loop(
+        self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, compile=None,
+        args=NO_ARGS,
+    ):
         """:func:`diffcore.backend.python_loop`; ``compile`` overrides the backend's option."""
         options = self.compile if compile is None else compile
         step_fn = _compiled(step, options) if options else None
         return python_loop(
             self, step, state, plan, key=key, noise_shape=noise_shape, sample_ids=sample_ids,
-            progress=progress, step_fn=step_fn,
+            progress=progress, step_fn=step_fn, args=args,
         )
 
     def while_loop(self, cond, body, state, *, max_steps):
