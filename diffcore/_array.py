@@ -1,7 +1,7 @@
 """Array-API plumbing shared by the core: namespaces, table gathering, argument checks.
 
 Schedule tables live in float64 NumPy. They are cast to the working dtype *after* every derived
-coefficient has been computed in float64 (REFERENCE.md: fp16/bf16 tables round abar to 1 and give
+coefficient has been computed in float64 (docs/conventions.md: fp16/bf16 tables round abar to 1 and give
 NaN), moved to the caller's device, and gathered with ``xp.take``.
 """
 

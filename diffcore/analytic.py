@@ -9,7 +9,7 @@ and r_k the responsibilities (the posterior over components); its divergence is
     div s = sum_k r_k (div s_k + ||s_k||^2) - ||s||^2,      div s_k = -sum_d 1 / var_kd.
 
 These closed forms are what the samplers, losses and likelihood code are tested against
-(CONVENTIONS.md, "Tests": exactness against analytic cases). :meth:`GaussianMixture.as_model` wraps
+(docs/conventions.md, "Tests": exactness against analytic cases). :meth:`GaussianMixture.as_model` wraps
 the exact marginal score as a network of the model protocol ``model(x, t_in, cond=None)``.
 
 Parameters are float64 NumPy; every call converts them to the caller's namespace, dtype and device.

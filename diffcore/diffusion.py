@@ -396,7 +396,7 @@ class GaussianDiffusion:
         """The full variational bound in bits/dim: L_T + sum_t L_{t-1}, one model call per step.
 
         ``noise(i)`` returns the standard normal noise for step i (from a backend). For 8-bit data
-        the result is already in bits of the 8-bit data: no offset is added (REFERENCE.md).
+        the result is already in bits of the 8-bit data: no offset is added (docs/math.md).
         Returns total_bpd, prior_bpd, vb (B, T), xstart_mse (B, T) and mse (B, T), per example.
         """
         xp = check_float_array(x_start, "x_start")

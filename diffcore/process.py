@@ -1,4 +1,4 @@
-"""The one process interface every diffusion process speaks (CONVENTIONS.md, "The seams").
+"""The one process interface every diffusion process speaks (docs/conventions.md, "The seams").
 
 Every process -- discrete Gaussian diffusion, VP, sub-VP, VE -- has a Gaussian marginal
 

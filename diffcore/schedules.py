@@ -1,7 +1,7 @@
 """Noise schedules (beta tables) and timestep respacing for discrete Gaussian diffusion.
 
 Everything here is float64 NumPy: schedule tables and derived coefficients are computed in float64
-before any cast (REFERENCE.md: fp16/bf16 tables round abar to 1 and give NaN). Notation follows
+before any cast (docs/conventions.md: fp16/bf16 tables round abar to 1 and give NaN). Notation follows
 Ho et al. 2020: alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s; arrays are 0-indexed, so
 ``betas[i]`` is beta_{i+1} and the network receives the integer step ``i``.
 """

@@ -68,7 +68,7 @@ def denoising_score_matching_loss(
 def ncsn_loss(score: Any, noise: Any, sigma: Any, *, anneal_power: float = 2.0) -> Any:
     """NCSN's loss at x~ = x + sigma z: 1/2 ||s(x~, sigma) + z / sigma||^2 sigma^anneal_power, per example.
 
-    The target is the score of q_sigma(x~ | x), -(x~ - x) / sigma^2 = -z / sigma (REFERENCE.md: the
+    The target is the score of q_sigma(x~ | x), -(x~ - x) / sigma^2 = -z / sigma (docs/sde.md: the
     notes' /sigma is a typo). ``sigma`` has one entry per example; lambda(sigma) = sigma^2 by default.
     """
     xp = check_float_array(score, "score")

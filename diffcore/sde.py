@@ -1,7 +1,7 @@
 """Score SDEs (Song et al. 2021): VE, VP and sub-VP, with score_sde's method names.
 
 Every SDE here is linear, dx = f(t) x dt + g(t) dw, with Gaussian marginals
-x_t = alpha(t) x_0 + sigma(t) eps -- the process interface of CONVENTIONS.md that
+x_t = alpha(t) x_0 + sigma(t) eps -- the process interface (docs/conventions.md) that
 :class:`diffcore.GaussianDiffusion` speaks too, so samplers and likelihood are written once.
 
 Time ``t`` is a real array in [0, T] (T = 1), one entry per example or 0-D. Samplers and losses

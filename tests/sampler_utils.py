@@ -1,4 +1,4 @@
-"""Distances between sample sets, for the statistical tests of samplers (CONVENTIONS.md).
+"""Distances between sample sets, for the statistical tests of samplers (docs/conventions.md).
 
 A sampler's samples are compared with exact samples of the target through a distance, and that
 distance with the distance between two exact sample sets of the same size (the noise floor).

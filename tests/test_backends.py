@@ -292,6 +292,20 @@ def test_jax_loop_inside_jit_and_with_progress():
     assert sorted(seen) == [4, 6]
 
 
+def test_jax_progress_reports_when_a_chunk_has_run(monkeypatch):
+    """A report at dispatch would fire every callback at once (JAX dispatches asynchronously) and
+    Ctrl-C would wait for the whole run: each report must follow the chunk's completion."""
+    bk = load_backend("jax")
+    import jax
+
+    events = []
+    real = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: (events.append("ready"), real(x))[1])
+    bk.loop(step_fn, make_state(bk), make_plan(bk, 6), key=bk.key(4), noise_shape=(3, 2),
+            progress=lambda d, n: events.append(d), chunk_size=2)
+    assert events == ["ready", 2, "ready", 4, "ready", 6]
+
+
 @pytest.mark.parametrize("name", ["numpy", "torch"])  # JAX reports per chunk (test above)
 def test_eager_progress_reports_every_step(name):
     bk = load_backend(name)

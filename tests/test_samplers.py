@@ -1,7 +1,7 @@
 """DDPM ancestral and DDIM samplers, inpainting, guidance, the one-call API and its errors.
 
 Statistical tests on NumPy at fixed seeds against exact samples of an analytic mixture; other
-namespaces replay short trajectories with the same NumPy-made noise (CONVENTIONS.md).
+namespaces replay short trajectories with the same NumPy-made noise (docs/conventions.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tests for diffcore.schedules: beta tables, zero-terminal-SNR rescaling and timestep respacing.
 
 Reference values are recomputed here independently of the library (plain loops with ``math``), and
-checked against the published numbers in REFERENCE.md.
+checked against the published numbers (docs/conventions.md, "Numbers the tests check").
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def test_ddim50_at_1000():
     steps = space_timesteps(1000, "ddim50")
     assert steps.dtype == np.int64
     np.testing.assert_array_equal(steps, np.arange(0, 1000, 20))
-    assert steps[-1] == 980  # never reaches 999 (REFERENCE.md)
+    assert steps[-1] == 980  # never reaches 999 (improved-diffusion's ddimN)
     np.testing.assert_array_equal(respaced_timesteps(1000, "ddim50"), steps)
 
 

@@ -38,7 +38,7 @@ from diffcore.score_matching import (
 from conftest import to_np, to_xp
 from harness import assert_same_on_all_backends
 
-Z_MAX = 4.0  # CONVENTIONS.md: Monte Carlo claims hold within 4 standard errors
+Z_MAX = 4.0  # docs/conventions.md: Monte Carlo claims hold within 4 standard errors
 
 # ------------------------------------------------------------------------------------ the data
 
@@ -389,7 +389,7 @@ def test_dsm_is_lowest_at_the_exact_marginal_score(sde_name, lw, perturbation):
     gap = 0.5 * d["weight"][lw] * np.sum((s - s_star) ** 2, axis=1)
     z_id = report(f"DSM identity [{tag}]", diff - gap)
     assert abs(z_id) < Z_MAX
-    # mutant: the identity without the 1/2 (REFERENCE: "note the 1/2 on the left")
+    # mutant: the identity without the 1/2 (the 1/2 on the left of the identity)
     z_half = report(f"MUTANT identity without 1/2 [{tag}]", diff - 2.0 * gap)
     assert abs(z_half) > Z_MAX
     # mutant: the t = 0 data score in place of the marginal score (DSM learns the score of p_t, not p)

@@ -78,7 +78,7 @@ def test_reverse_drifts():
 def test_discretisations_are_ddpm_and_ncsn():
     vp = VPSDE(beta_min=0.1, beta_max=20.0, N=1000)
     np.testing.assert_allclose(vp.discrete_betas, get_named_beta_schedule("linear", 1000), rtol=1e-14)
-    # the same betas, not the same marginals (REFERENCE.md)
+    # the same betas, not the same marginals (docs/sde.md)
     assert vp.alphas_cumprod[-1] == pytest.approx(4.04e-5, rel=2e-3)
     assert float(vp.alpha(np.array(1.0))) ** 2 == pytest.approx(4.32e-5, rel=2e-3)
     t = np.array([0.0, 0.5, 0.9995, 1.0])

@@ -1,7 +1,7 @@
 """What every sampler shares: the sampler record, plans, model calls, the non-finite flag.
 
 A sampler is a short pure step function ``step(state, plan_i, noise_i) -> state`` over a plan
-computed before the loop (CONVENTIONS.md). The plan is a NamedTuple of float64 / int64 NumPy
+computed before the loop (docs/conventions.md). The plan is a NamedTuple of float64 / int64 NumPy
 columns on the host; :func:`plan_to` converts it once to the working namespace, dtype and device,
 and the backend's driver hands the step a plain tuple of the i-th entries (rebuild the NamedTuple
 with ``Plan(*plan_i)``). ``noise_i`` has shape (B, draws, *sample_shape[1:]) -- batch first, so that

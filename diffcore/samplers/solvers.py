@@ -4,7 +4,7 @@
 ``t1`` (either direction) for every example of a batch at once, but each example is its own solve:
 its own time, step size, error norm, accept / reject decision, step count and termination. Nothing
 is shared across the batch, so an example's result does not depend on the batch it is solved in
-(score_sde's RK45 shares one step size over the batch; REFERENCE.md, "Likelihood").
+(score_sde's RK45 shares one step size over the batch; docs/likelihood.md).
 
 - Method: Dormand & Prince (1980), the coefficients of Hairer, Norsett & Wanner, *Solving ODEs I*,
   Table II.5.2: 7 stages, first same as last (FSAL), 6 new evaluations per attempt; the 5th-order
