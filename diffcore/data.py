@@ -200,7 +200,8 @@ def dequantize(x: Any, u: Any, levels: int = 256) -> Any:
     """Uniform dequantisation of L-level data in [-1, 1]: y = ((x + 1) (L - 1) / 2 + u) / (L / 2) - 1.
 
     ``u`` ~ U[0, 1) of x's shape. Level k goes to (k + u) 2 / L - 1, uniform over its bin
-    [2 k / L - 1, 2 (k + 1) / L - 1); the L bins of width 2 / L tile [-1, 1). For L = 256 the
+    [2 k / L - 1, 2 (k + 1) / L - 1); the L bins of width 2 / L tile [-1, 1) (in floating point a
+    u within an ulp or so of 1 can round onto the bin's upper edge). For L = 256 the
     operations are those of ``diffcore.likelihood.dequantize`` ((x + 1) 127.5 + u) / 128 - 1.
     Add :func:`bits_per_dim_offset` (L) to the bits/dim of a density on y.
     """
