@@ -389,9 +389,9 @@ def _toy_loader(name: str, sample: Callable[..., np.ndarray], mixture: GaussianM
     def load(n: int = 10_000, seed: int = 0, held_out: int = 1_000, **options: Any) -> Dataset:
         n = _check_n(n)
         held_out = _check_int(held_out, "held_out", 0, " (held-out points; 0 for none)")
-        mix = options.get("mixture", mixture) if name == "gaussian_mixture" else mixture
-        if name == "gaussian_mixture":
-            mix = DEFAULT_MIXTURE if mix is None else mix
+        mix = mixture
+        if name == "gaussian_mixture":  # the mixture the points come from, given or the default
+            mix = options.get("mixture") or DEFAULT_MIXTURE
 
         def draw(count: int, stream: int) -> np.ndarray:
             return sample(count, _rng(seed, stream), **options)
@@ -458,13 +458,20 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _raw_mode(tile: Any) -> str:
+    """The raw (file) mode of a Pillow tile, e.g. 'RGB;16B' for a 16-bit RGB PNG."""
+    args = tile[3]
+    return str(args[0] if isinstance(args, tuple) and args else args)
+
+
 def load_image_folder(path: Any, dtype: Any = np.float64) -> Dataset:
     """A folder of PNG/JPEG images of one size -> (N, C, H, W) in [-1, 1], 256 levels.
 
     Files ending in .png/.jpg/.jpeg (any case) directly in ``path`` are read in sorted name order;
     other files and subfolders are ignored. Modes: "L" (C = 1) and "RGB" (C = 3), all images the
     same; palette images ("P") are converted to RGB. Anything else (16-bit "I;16", "I", "F",
-    bilevel "1", alpha "LA"/"RGBA"/"PA", "CMYK", ...) is refused, naming the file and its mode.
+    bilevel "1", alpha "LA"/"RGBA"/"PA", "CMYK", ...) is refused, naming the file and its mode, and
+    so are 16-bit RGB PNGs, which Pillow opens as "RGB" by dropping the low byte.
     """
     PIL = _require("PIL", "loading a folder of images")
     from PIL import Image
@@ -489,9 +496,15 @@ def load_image_folder(path: Any, dtype: Any = np.float64) -> Dataset:
                         f"'L' (greyscale) and 'RGB' images (and converts palette 'P' to RGB); convert the file "
                         f"first (16-bit and alpha channels are not dropped silently)"
                     )
+                elif any(";16" in _raw_mode(t) for t in (im.tile or ())):  # Pillow keeps the high byte only
+                    raise ValueError(
+                        f"image {str(f)!r} has 16 bits per channel (mode {im.mode!r}, stored as "
+                        f"{_raw_mode(im.tile[0])!r}); this loader takes 8-bit 'L' and 'RGB' images only and will "
+                        f"not drop the low byte silently: convert the file to 8 bits first"
+                    )
                 arr = np.asarray(im, dtype=np.uint8)
-        except PIL.UnidentifiedImageError as exc:
-            raise ValueError(f"file {str(f)!r} is not an image Pillow can read") from exc
+        except (PIL.UnidentifiedImageError, OSError) as exc:  # not an image, or a truncated one
+            raise ValueError(f"file {str(f)!r} is not an image Pillow can read: {exc}") from exc
         if first is None:
             first = (f, mode, size)
         elif size != first[2]:
@@ -529,7 +542,7 @@ def load_array(path: Any, key: str | None = None, levels: int | None = None, lay
         raise ValueError(f"layout must be 'NCHW' or 'NHWC'; got {layout!r}")
     try:
         loaded = np.load(p, allow_pickle=False)
-    except ValueError as exc:  # object arrays, or not a NumPy file
+    except (ValueError, OSError, EOFError) as exc:  # object arrays, or not a NumPy file
         raise ValueError(f"{str(p)!r} is not a NumPy array file readable without pickle: {exc}") from exc
     name = str(p)
     if suffix == ".npz":

@@ -258,11 +258,32 @@ def test_image_folder_errors(tmp_path, pil):
         with pytest.raises(ValueError, match=rf"image '.*deep\.png' has mode '{re_escape(mode)}'.*'L'.*'RGB'"):
             dd.load_dataset(d)
 
+    # a 16-bit RGB PNG, which Pillow opens as mode 'RGB' keeping only the high byte
+    rgb16 = tmp_path / "rgb16"
+    rgb16.mkdir()
+    _write_png(rgb16 / "deep.png", 2, 2, bit_depth=16, color_type=2, rows=[b"\x12\x34" * 6] * 2)
+    assert pil.open(rgb16 / "deep.png").mode == "RGB"
+    with pytest.raises(ValueError, match=r"image '.*deep\.png' has 16 bits per channel.*'RGB;16B'"):
+        dd.load_dataset(rgb16)
+
     bad = tmp_path / "broken"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"'.*x\.png' is not an image"):
         dd.load_dataset(bad)
+
+
+def _write_png(path, width, height, bit_depth, color_type, rows):
+    """A minimal PNG written byte by byte (Pillow cannot write 16-bit RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
 def re_escape(s):
