@@ -173,6 +173,18 @@ def to_unit(k: Any, levels: int, dtype: Any = None) -> Any:
     return xp.astype(k, dtype) / ((L - 1) / 2) - 1.0
 
 
+def _np_to_unit(k: np.ndarray, levels: int, dtype: Any) -> np.ndarray:
+    """:func:`to_unit` for the NumPy loaders, in place: the same operations, one float array in memory."""
+    L = _check_levels(levels)
+    lo, hi = int(k.min()), int(k.max())
+    if lo < 0 or hi > L - 1:  # pragma: no cover - callers check their own ranges first
+        raise ValueError(f"levels must lie in 0..{L - 1}; got values from {lo} to {hi}")
+    out = k.astype(np.dtype(dtype))
+    np.divide(out, (L - 1) / 2, out=out)
+    np.subtract(out, 1.0, out=out)
+    return out
+
+
 def to_levels(x: Any, levels: int, clip: bool = False) -> Any:
     """x in [-1, 1] -> integer level k = round((x + 1) (L - 1) / 2), int64 (the inverse of :func:`to_unit`).
 
@@ -432,7 +444,7 @@ def digits(held_out: int = 297, split_seed: int = 0, dtype: Any = np.float64) ->
     levels = np.rint(images).astype(np.int64)
     if not np.array_equal(levels, images) or levels.min() < 0 or levels.max() > 16:  # pragma: no cover - sklearn's data
         raise RuntimeError("sklearn.datasets.load_digits() no longer holds integer intensities 0..16")
-    x = to_unit(levels[:, None], 17, dtype=np.dtype(dtype))
+    x = _np_to_unit(levels[:, None], 17, dtype)
     labels = np.asarray(bunch.target, dtype=np.int64)
     N = x.shape[0]
     if held_out >= N:
@@ -519,8 +531,8 @@ def load_image_folder(path: Any, dtype: Any = np.float64) -> Dataset:
             )
         arrays.append(arr)
     k = np.stack(arrays)
-    k = k[:, None] if k.ndim == 3 else np.transpose(k, (0, 3, 1, 2))
-    return _dataset(to_unit(np.ascontiguousarray(k), 256, dtype=np.dtype(dtype)), 256, str(folder))
+    k = k[:, None] if k.ndim == 3 else np.ascontiguousarray(np.transpose(k, (0, 3, 1, 2)))
+    return _dataset(_np_to_unit(k, 256, dtype), 256, str(folder))
 
 
 def load_array(path: Any, key: str | None = None, levels: int | None = None, layout: str = "NCHW",
@@ -593,7 +605,7 @@ def load_array(path: Any, key: str | None = None, levels: int | None = None, lay
     k = k.astype(np.int64)
     if k.min() < 0 or k.max() > L - 1:
         raise ValueError(f"{name!r} must hold levels 0..{L - 1} (levels={L}); got values from {k.min()} to {k.max()}")
-    return _dataset(to_unit(k, L, dtype=np.dtype(dtype)), L, name)
+    return _dataset(_np_to_unit(k, L, dtype), L, name)
 
 
 def _read_cifar_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -641,7 +653,7 @@ def load_cifar10(path: Any, dtype: Any = np.float64) -> Dataset:
     def read(group: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         parts = [_read_cifar_file(f) for f in group]
         k = np.concatenate([a for a, _ in parts])
-        return to_unit(k, 256, dtype=np.dtype(dtype)), np.concatenate([b for _, b in parts])
+        return _np_to_unit(k, 256, dtype), np.concatenate([b for _, b in parts])
 
     x, y = read(train)
     held = None

@@ -30,6 +30,9 @@ def test_to_levels_inverts_to_unit_exactly(L):
     np.testing.assert_allclose(x, 2 * k / (L - 1) - 1, rtol=0, atol=1e-15)
     # float32 keeps the round trip exact too
     np.testing.assert_array_equal(dd.to_levels(dd.to_unit(k, L, dtype=np.float32), L), k)
+    # the loaders' in-place NumPy version performs the same operations
+    np.testing.assert_array_equal(dd._np_to_unit(k.astype(np.uint8), L, np.float64), x)
+    np.testing.assert_array_equal(dd._np_to_unit(k, L, np.float32), dd.to_unit(k, L, dtype=np.float32))
 
 
 def test_to_unit_for_256_levels_is_pixel_over_127_5():
@@ -223,7 +226,7 @@ def test_image_folder_greyscale_rgb_palette_and_jpeg(tmp_path, pil):
     pal.putdata([0, 1] * 21)
     pal.save(c / "2.png")
     ds = dd.load_image_folder(str(c), dtype=np.float32)
-    assert ds.data.shape == (3, 3, 6, 7) and ds.data.dtype == np.float32
+    assert ds.data.shape == (3, 3, 6, 7) and ds.data.dtype == np.float32 and ds.data.flags.c_contiguous
     np.testing.assert_array_equal(dd.to_levels(ds.data[:2], 256), np.transpose(rgb, (0, 3, 1, 2)))
     palette_pixels = dd.to_levels(ds.data[2], 256).reshape(3, -1).T
     assert {tuple(p) for p in palette_pixels} == {(10, 20, 30), (200, 100, 0)}
