@@ -23,6 +23,7 @@ and the order functions return NumPy.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -398,9 +399,14 @@ def eight_gaussians(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _toy_loader(name: str, sample: Callable[..., np.ndarray], mixture: GaussianMixture | None = None) -> Callable[..., Dataset]:
+    own_options = list(inspect.signature(sample).parameters)[2:]  # after (n, rng)
+
     def load(n: int = 10_000, seed: int = 0, held_out: int = 1_000, **options: Any) -> Dataset:
         n = _check_n(n)
         held_out = _check_int(held_out, "held_out", 0, " (held-out points; 0 for none)")
+        unknown = sorted(set(options) - set(own_options))
+        if unknown:
+            raise TypeError(f"dataset {name!r} takes the options {['n', 'seed', 'held_out', *own_options]}; got {unknown}")
         mix = mixture
         if name == "gaussian_mixture":  # the mixture the points come from, given or the default
             mix = options.get("mixture") or DEFAULT_MIXTURE

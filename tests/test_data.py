@@ -161,6 +161,10 @@ def test_toy_argument_errors():
         dd.swiss_roll(5, 0, noise=-0.1)
     with pytest.raises(TypeError, match="mixture must be a diffcore.analytic.GaussianMixture"):
         dd.gaussian_mixture(5, 0, mixture="eight")
+    with pytest.raises(TypeError, match=r"dataset 'checkerboard' takes the options \['n', 'seed', 'held_out'\]; got \['noise'\]"):
+        dd.load_dataset("checkerboard", noise=0.1)
+    with pytest.raises(TypeError, match=r"'two_moons' takes the options \['n', 'seed', 'held_out', 'noise'\]"):
+        dd.load_dataset("two_moons", scale=2)
 
 
 # --------------------------------------------------------------------------- digits
