@@ -321,8 +321,8 @@ def two_moons(n: int, seed: int = 0, noise: float = 0.1) -> np.ndarray:
 
     scikit-learn's moons with random angles: each point picks a moon with probability 1/2 and an
     angle t ~ U[0, pi]: (cos t, sin t) or (1 - cos t, 1/2 - sin t); Gaussian noise of std
-    ``noise`` is added, then the points are centred at (0.5, 0.25) and scaled by 1.5 (x within
-    about +-2.3, y within +-1.2; stds about 1.3 and 0.76 with the default noise).
+    ``noise`` is added, then the points are centred at (0.5, 0.25) and scaled by 1.5 (noise-free:
+    x in [-2.25, 2.25], y in [-1.125, 1.125]; stds about 1.31 and 0.75 with the default noise).
     """
     return _two_moons(_check_n(n), _rng(seed), noise)
 
