@@ -14,6 +14,7 @@ was drawn in (EDM's per-sample seeds).
 from __future__ import annotations
 
 import functools
+import operator
 from importlib.metadata import entry_points
 from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_shape",
     "check_loop_args",
     "per_sample_rows",
+    "check_backend_array",
     "mix64",
 ]
 
@@ -192,9 +194,12 @@ def check_seed(seed: Any) -> int:
 def check_shape(shape: Any, sample_ids: Any = None) -> tuple[int, ...]:
     """``shape`` as a tuple of non-negative ints; with ``sample_ids``, one id per row of shape[0]."""
     try:
-        out = tuple(int(s) for s in shape)
+        # operator.index: 2.7 or "4" are refused, not truncated
+        out = tuple(operator.index(s) for s in shape) if not isinstance(shape, (str, bytes)) else None
     except TypeError:
-        raise TypeError(f"shape must be a sequence of non-negative integers; got {shape!r}") from None
+        out = None
+    if out is None or any(isinstance(s, bool) for s in shape):
+        raise TypeError(f"shape must be a sequence of non-negative integers; got {shape!r}")
     if any(s < 0 for s in out):
         raise ValueError(f"shape must be a sequence of non-negative integers; got {shape!r}")
     if sample_ids is not None:
@@ -228,7 +233,36 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
         return np.dtype(np.float64)
     if _is_strict(dtype):
         return np.dtype(str(dtype).rsplit(".", 1)[-1])
-    return np.dtype(dtype)
+    if type(dtype).__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
+        raise TypeError(f"dtype {dtype!r} belongs to another framework; the numpy backend takes NumPy dtypes (e.g. np.float32)")
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out is None or out.kind != "f":
+        raise TypeError(f"dtype must be a NumPy floating dtype (e.g. np.float32); got {dtype!r}")
+    return out
+
+
+def check_backend_array(bk: Any, x: Any, name: str) -> None:
+    """Refuse an array of another framework than the backend's (a mixed run fails deep inside)."""
+    found = backend_name_for(x)
+    if found is not None and found != bk.name and bk.name in ("numpy", "torch", "jax"):
+        raise TypeError(
+            f"{name} is a {found} array but the backend is {bk.name!r}: pass a {bk.name} array, "
+            f"or backend={found!r}"
+        )
+
+
+def backend_name_for(x: Any) -> str | None:
+    """"numpy", "torch" or "jax" for an array of that framework (numpy for array_api_strict), else None."""
+    if array_api_compat.is_torch_array(x):
+        return "torch"
+    if array_api_compat.is_jax_array(x):
+        return "jax"
+    if isinstance(x, np.ndarray) or _is_strict(x):
+        return "numpy"
+    return None
 
 
 class _NumPyKey(NamedTuple):

@@ -39,7 +39,7 @@ from ._array import (
 )
 from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
-from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
+from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, check_backend_array
 from .diffusion import GaussianDiffusion
 from .models import split_model
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
@@ -104,9 +104,17 @@ def dequantize(x: Any, u: Any) -> Any:
 
 
 def _resolve_backend(backend: Any, x: Any) -> Any:
+    """The backend given (a name or an object) or x's own; x must be an array of its framework."""
     if backend is None:
         return backend_for(x)
-    return _get_backend(backend) if isinstance(backend, str) else backend
+    bk = _get_backend(backend) if isinstance(backend, str) else backend
+    check_backend_array(bk, x, "x")
+    return bk
+
+
+def _check_process(process: Any, what: str) -> None:
+    if process is None or not all(callable(getattr(process, m, None)) for m in ("alpha", "sigma", "model_time", "prior_logp")):
+        raise TypeError(f"{what} needs a process of the process interface (e.g. diffcore.VPSDE()); got {process!r}")
 
 
 def _reused(fn: Any, key: tuple, make: Callable[[], Any]) -> Any:
@@ -297,8 +305,9 @@ def ode_likelihood(
     Under JAX the solve is compiled once per (model, sde, prior_logp, divergence, options, shapes)
     and reused while the *same objects* are passed: build the model and callables once.
     """
-    bk = _resolve_backend(backend, x)
     xp = check_float_array(x, "x")
+    _check_process(sde, "ode_likelihood")
+    bk = _resolve_backend(backend, x)
     if x.ndim < 2:
         raise ValueError(f"x must be a batch (B, ...); got shape {tuple(x.shape)}")
     num_probes = check_steps(num_probes, "num_probes")
@@ -499,6 +508,7 @@ def nll(model: Callable[..., Any], process: Any, x: Any, *, backend: Any = None,
     ``options`` go to :func:`vlb_bpd` or :func:`ode_likelihood` (e.g. ``dequantize_8bit=True``
     for 8-bit images with the ODE).
     """
+    _check_process(process, "nll")
     if isinstance(process, GaussianDiffusion):
         return vlb_bpd(model, process, x, backend=backend, **options)
     return ode_likelihood(model, process, x, backend=backend, **options)

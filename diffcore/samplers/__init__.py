@@ -12,11 +12,12 @@ returns a :class:`Sampler` with its plan, ``init``, ``step`` and ``result``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, NamedTuple
 
 from .._array import array_device, array_namespace, as_like, check_float_array, values_checked_upstream
 from .._cache import cached
-from ..backend import Backend, backend as _get_backend, check_shape
+from ..backend import Backend, backend as _get_backend, check_backend_array, check_shape
 from ..models import ModelFn, split_model
 from ._base import ModelArgs, Sampler, plan_to
 from .ancestral import ddim, ddpm
@@ -61,8 +62,7 @@ def build(name: str, model: Callable[..., Any], process: Any, *, backend: str | 
     """
     if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
-    if process is None and name != "langevin":
-        raise TypeError(f"sampler {name!r} needs a process (e.g. diffcore.VPSDE() or a GaussianDiffusion); got process=None")
+    _check_process(name, process)
     if "cond" in options:
         raise TypeError("cond is an argument of the run, not of the sampler: pass it to diffcore.sample or Sampler.sample")
     bk = _resolve_backend(backend)
@@ -73,13 +73,40 @@ def build(name: str, model: Callable[..., Any], process: Any, *, backend: str | 
 def _build(name: str, fn: ModelFn, process: Any, options: dict) -> Sampler:
     """The sampler for the pure function ``fn``; reused from the cache when ``fn`` is reusable."""
 
+    factory = SAMPLERS[name]
+    _check_options(name, factory, options)
+    prior = getattr(process, "prior_sample", None)
+
     def make() -> Sampler:
-        prior = getattr(process, "prior_sample", None)
-        return SAMPLERS[name](fn, process, **options)._replace(model=fn, prior=prior)
+        return factory(fn, process, **options)._replace(model=fn, prior=prior)
 
     if not fn.reusable:  # its state is invisible to the backend: never reuse a loop built for it
         return make()
     return cached(("sampler", name, fn, process, tuple(sorted(options.items()))), make)
+
+
+def _check_options(name: str, factory: Callable[..., Any], options: dict) -> None:
+    """Unknown options name the sampler and list its own (rather than a bare TypeError)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a factory without a signature
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(known)}")
+
+
+def _check_process(name: str, process: Any) -> None:
+    if process is None and name == "langevin":
+        return
+    if process is None or not all(callable(getattr(process, m, None)) for m in ("alpha", "sigma", "model_time")):
+        raise TypeError(
+            f"sampler {name!r} needs a process of the process interface (e.g. diffcore.VPSDE() or a "
+            f"GaussianDiffusion); got process={process!r}"
+        )
 
 
 def _resolve_backend(backend: Any) -> Backend:
@@ -129,8 +156,7 @@ def sample(
         raise TypeError("cond given twice")
     if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
-    if process is None and name != "langevin":
-        raise TypeError(f"sampler {name!r} needs a process (e.g. diffcore.VPSDE() or a GaussianDiffusion); got process=None")
+    _check_process(name, process)
     fn, weights = split_model(model, bk)
     sampler = _build(name, fn, process, options)
     return _run(sampler, fn, weights, shape, bk, seed=seed, dtype=dtype, device=device, sample_ids=sample_ids,
@@ -176,6 +202,7 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
         x_T = sampler.prior(noise) if sampler.prior is not None else noise
     else:
         check_float_array(x_T, "x_T")
+        check_backend_array(bk, x_T, "x_T")
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
     if mask is not None or known is not None:  # converted once, here: the loop must not convert or move them

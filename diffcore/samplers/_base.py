@@ -131,6 +131,12 @@ def call_model(model: Callable[..., Any], args: ModelArgs, x: Any, t_in: Any, le
 
 
 def check_output_shape(out: Any, x: Any, learned_variance: bool = False) -> None:
+    """The model output has x's shape (2 C channels with ``learned_variance``) and framework."""
+    if type(out).__module__.split(".", 1)[0] != type(x).__module__.split(".", 1)[0] and not isinstance(out, type(x)):
+        raise TypeError(
+            f"the model returned a {type(out).__module__.split('.', 1)[0]} {type(out).__name__} for x of type "
+            f"{type(x).__module__.split('.', 1)[0]} {type(x).__name__}: it must return an array of x's framework"
+        )
     shape = getattr(out, "shape", None)
     expected = tuple(x.shape)
     if learned_variance and len(expected) >= 2:

@@ -45,7 +45,13 @@ def _check_key(key: Any) -> Any:
 
 def _float_dtype(dtype: Any) -> Any:
     """``dtype``, or JAX's default float (float64 with x64 on, else float32)."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
+    try:
+        out = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
+    except TypeError:
+        out = None
+    if out is None or not jnp.issubdtype(out, jnp.floating):
+        raise TypeError(f"dtype must be a JAX / NumPy floating dtype (e.g. jnp.float32); got {dtype!r}")
+    return out
 
 
 _DRAWS = {

@@ -110,6 +110,8 @@ class TorchBackend:
         shape = check_shape(shape, sample_ids)
         device = self.device(device)
         dtype = dtype or torch.get_default_dtype()
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a torch floating dtype (e.g. torch.float32); got {dtype!r}")
         if sample_ids is not None:
             return per_sample_rows(self, method, key, shape, dtype, sample_ids, device)
         gen = torch.Generator(device=device)
