@@ -21,6 +21,7 @@ from ._array import (
     check_float_array,
     check_same_shape,
     check_timesteps,
+    concrete_min_max,
     default_dtype,
     expand_to,
     mean_flat,
@@ -28,6 +29,7 @@ from ._array import (
 )
 from .checks import (
     check_bool,
+    check_array,
     check_callable,
     check_choice,
     check_dtype_floating,
@@ -225,14 +227,30 @@ class GaussianDiffusion:
         return mapped
 
     def time_from_model_time(self, t_in: Any) -> Any:
-        """The step index whose network time input is ``t_in`` (the inverse of :meth:`model_time`)."""
-        xp = array_namespace(t_in)
+        """The step index whose network time input is ``t_in`` (the inverse of :meth:`model_time`).
+
+        ``t_in`` must be a time this chain gives its network (an original step of ``timestep_map``,
+        or its rescaled value); for concrete arrays anything else is a ValueError, not the nearest step.
+        """
+        xp = check_array(t_in, "t_in", floating=False)
         device = array_device(t_in)
+        original = t_in
         if self.rescale_timesteps:
             t_in = xp.round(t_in * (self.original_num_timesteps / 1000.0))
         steps = xp.astype(t_in, default_dtype(xp, "indexing"))
         table = self._table("timestep_map", xp, steps.dtype, device)
-        return xp.searchsorted(table, steps)
+        index = xp.searchsorted(table, steps)
+        lo_hi = concrete_min_max(original)
+        if lo_hi is not None:
+            found = xp.take(table, xp.clip(index, max=self.num_timesteps - 1), axis=0)
+            exact = xp.all(xp.astype(found, original.dtype) == (original if not self.rescale_timesteps else t_in))
+            if not bool(exact) or not bool(xp.all(index < self.num_timesteps)):
+                raise ValueError(
+                    f"t_in must be network times of this chain (original steps {int(self.timestep_map[0])}.."
+                    f"{int(self.timestep_map[-1])} of its timestep_map{', rescaled to [0, 1000)' if self.rescale_timesteps else ''}); "
+                    f"got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g} that are not all among them"
+                )
+        return index
 
     def prior_sample(self, noise: Any) -> Any:
         """x_T ~ N(0, I): the prior sample is the noise itself."""
@@ -405,7 +423,7 @@ class GaussianDiffusion:
 
     def prior_bpd(self, x_start: Any) -> Any:
         """Per-example L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim."""
-        xp = check_float_array(x_start, "x_start")
+        xp = check_array(x_start, "x_start", min_ndim=1)
         t = xp.full((x_start.shape[0],), self.num_timesteps - 1, dtype=default_dtype(xp, "indexing"), device=array_device(x_start))
         mean, _, log_variance = self.q_mean_variance(x_start, t)
         zeros = xp.zeros_like(mean)
@@ -427,7 +445,9 @@ class GaussianDiffusion:
         the result is already in bits of the 8-bit data: no offset is added (REFERENCE.md).
         Returns total_bpd, prior_bpd, vb (B, T), xstart_mse (B, T) and mse (B, T), per example.
         """
-        xp = check_float_array(x_start, "x_start")
+        xp = check_array(x_start, "x_start", min_ndim=1)
+        check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
+        check_callable(noise, "noise", "noise(i) -> standard normal draws of x_start's shape")
         B = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
         for i in range(self.num_timesteps):
@@ -548,6 +568,8 @@ class GaussianDiffusion:
                     f"(the kept steps), not both; got steps={steps!r}, spacing={spacing!r}, timesteps={timesteps!r}"
                 )
             kept = space_timesteps(self.num_timesteps, timesteps=timesteps)
+            if kept.shape[0] < 2:
+                raise ValueError(f"timesteps must keep at least 2 steps (a chain needs 2); got {timesteps!r}")
         elif steps is None:
             raise TypeError("respace needs steps (a count, 'ddimN', '10,15,20' or [10, 15, 20]) or timesteps=[...]")
         else:

@@ -479,6 +479,12 @@ def vlb_bpd(
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"diffusion must be a GaussianDiffusion; got {type(diffusion).__name__} (use ode_likelihood for SDEs)")
     check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
+    own = backend_for(x)
+    if getattr(bk, "name", None) in ("numpy", "torch", "jax") and bk.name != own.name:  # built-in backends
+        raise TypeError(
+            f"backend {getattr(bk, 'name', bk)!r} does not make arrays of x's framework ({own.name}): pass "
+            f"backend={own.name!r} (the default), or convert x"
+        )
     if x.ndim < 1:
         raise ValueError("x must have a batch axis; got a 0-D array")
     stride = check_int(stride, "stride", 1)

@@ -21,6 +21,7 @@ from ._array import (
     array_namespace,
     check_float_array,
     check_per_example,
+    concrete_min_max,
     default_dtype,
     expand_to,
     sum_flat,
@@ -254,6 +255,7 @@ class VPSDE(SDE):
         return t * (self.N - 1)
 
     def time_from_model_time(self, t_in):
+        check_float_array(t_in, "t_in")
         return t_in / (self.N - 1)
 
 
@@ -340,7 +342,13 @@ class VESDE(SDE):
         return self._coef(self._sigma, t, t.dtype)
 
     def time_from_model_time(self, t_in):
-        xp = array_namespace(t_in)
+        xp = check_float_array(t_in, "t_in")
+        lo_hi = concrete_min_max(t_in)
+        if lo_hi is not None and not float(lo_hi[0]) > 0.0:  # log(0) = -inf; NaN fails too
+            raise ValueError(
+                f"t_in must be noise levels sigma > 0 (VESDE's network time is sigma(t) in "
+                f"[{self.sigma_min:g}, {self.sigma_max:g}]); got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g}"
+            )
         return (xp.log(t_in) - math.log(self.sigma_min)) / self.log_ratio
 
 
@@ -353,6 +361,8 @@ class ReverseSDE:
     """
 
     def __init__(self, forward: SDE, score_fn: Callable[[Any, Any], Any], probability_flow: bool = False) -> None:
+        if not isinstance(forward, SDE):
+            raise TypeError(f"forward must be an SDE (VPSDE, subVPSDE, VESDE); got {type(forward).__name__}")
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable score_fn(x, t); got {type(score_fn).__name__}")
         self.forward = forward

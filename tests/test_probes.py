@@ -425,3 +425,31 @@ def test_losses_arguments_are_named():
     with raises(TypeError, "z must be an array (or a Python number); got list"):
         standard_normal_logp([1.0])
     assert np.allclose(normal_kl(X, 0.0, 0.0, 0.0), 0.5 * (X**2))  # Python numbers beside an array still work
+
+
+def test_vlb_backend_must_match_the_data():
+    with raises(TypeError, "backend 'torch' does not make arrays of x's framework (numpy)", "backend='numpy'"):
+        vlb_bpd(zero_model, diffusion(), X, backend="torch")  # a deep torch.randn TypeError before
+
+
+def test_inverse_time_maps_and_helpers_name_their_arguments():
+    d = diffusion()
+    with raises(ValueError, "t_in must be network times of this chain", "from 100 to 100"):
+        d.time_from_model_time(np.array([100]))  # was step 20 of a 20-step chain
+    with raises(ValueError, "t_in must be network times of this chain", "1.5"):
+        d.time_from_model_time(np.array([1.5]))  # was truncated to step 1
+    assert d.respace(timesteps=[0, 7, 19]).time_from_model_time(np.array([7, 19])).tolist() == [1, 2]
+    with raises(TypeError, "t_in must be an array", "list"):
+        d.time_from_model_time([1, 2])
+    with raises(ValueError, "t_in must be noise levels sigma > 0", "from 0 to 0"):
+        VESDE().time_from_model_time(np.array([0.0]))  # was -inf
+    with raises(TypeError, "t_in must be an array", "list"):
+        VPSDE().time_from_model_time([0.5])
+    with raises(ValueError, "x_start must have a batch axis"):
+        d.prior_bpd(np.float64(1.0))  # IndexError before
+    with raises(TypeError, "noise must be callable noise(i)"):
+        d.calc_bpd_loop(zero_model, X, noise=np.zeros_like(X))
+    with raises(ValueError, "timesteps must keep at least 2 steps"):
+        d.respace(timesteps=[5])
+    with raises(TypeError, "forward must be an SDE", "NoneType"):
+        diffcore.sde.ReverseSDE(None, lambda x, t: x)  # AttributeError 'N' before
