@@ -186,8 +186,8 @@ def score_fn_from_model(process: Any, model: Callable[..., Any], prediction: str
         if isinstance(t, numbers.Real) and not isinstance(t, bool):  # a Python number: one time for the batch
             dtype = default_dtype(xp, "indexing") if discrete else x.dtype
             t = xp.asarray(t, dtype=dtype, device=array_device(x))
-        t_in = process.model_time(t)
         check_same_namespace(x=x, t=t)
+        t_in = process.model_time(t)
         sigma_t = process.sigma(t, dtype=x.dtype)
         lo_hi = concrete_min_max(sigma_t)
         if lo_hi is not None and not float(lo_hi[0]) > 0.0:

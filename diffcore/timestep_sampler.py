@@ -49,8 +49,11 @@ class TimestepSampler:
         cdf = np.cumsum(p)
         cdf[-1] = 1.0  # guard against rounding: every u < 1 finds a step
         device = array_device(u)
-        cdf_x = as_xp(cdf, xp, u.dtype, device)
-        steps = xp.searchsorted(cdf_x, u, side="right")
+        # compare in at least float32: a float16 / bfloat16 CDF rounds its edges (1/3 -> 0.33325 in
+        # float16), moving draws just below an edge to the next step
+        work = u.dtype if u.dtype in (xp.float32, xp.float64) else xp.float32
+        cdf_x = as_xp(cdf, xp, work, device)
+        steps = xp.searchsorted(cdf_x, xp.astype(u, work), side="right")
         steps = xp.clip(steps, max=self.num_timesteps - 1)
         inv = as_xp(1.0 / (self.num_timesteps * p), xp, u.dtype, device)
         return steps, xp.take(inv, steps, axis=0)

@@ -453,3 +453,18 @@ def test_inverse_time_maps_and_helpers_name_their_arguments():
         d.respace(timesteps=[5])
     with raises(TypeError, "forward must be an SDE", "NoneType"):
         diffcore.sde.ReverseSDE(None, lambda x, t: x)  # AttributeError 'N' before
+
+
+@pytest.mark.parametrize("name, dtype", [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")])
+def test_uniform_sampler_compares_half_precision_draws_in_float32(name, dtype):
+    """A half-precision CDF rounds its edges k/T: float16 rounds 0.3 down to 0.2998, so the draw
+    0.2998 (< 0.3, step 2) went to step 3. The edges are the draws most at risk: each goes to its own step."""
+    xp = load_namespace(name)
+    exact = np.arange(1, 10) / 10
+    edges = xp.astype(xp.asarray(exact.astype(np.float32)), getattr(xp, dtype))
+    e = to_np(edges).astype(np.float64)
+    assert (e < exact).any()  # some edges round down in this dtype
+    expected = [k - 1 if e[k - 1] < exact[k - 1] else k for k in range(1, 10)]
+    steps, weights = UniformSampler(10).sample(edges)
+    assert to_np(steps).tolist() == expected
+    assert weights.dtype == edges.dtype
