@@ -132,6 +132,11 @@ def betas_for_alpha_bar(
             values[i] = float(alpha_bar(i / T))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"alpha_bar must return a real number, failed at t = {i / T!r}: {exc}") from exc
+        except ArithmeticError as exc:  # e.g. a division by zero inside the user's function
+            raise ValueError(
+                f"alpha_bar raised {type(exc).__name__} at t = {i / T!r} (it is called at t = i / num_timesteps, "
+                f"i = 0..{T}, both ends included): {exc}"
+            ) from exc
     ok = np.isfinite(values) & (values >= 0.0)
     ok[:-1] &= values[:-1] > 0.0  # abar(t) is divided by at every t < 1
     if not ok.all():

@@ -468,3 +468,10 @@ def test_uniform_sampler_compares_half_precision_draws_in_float32(name, dtype):
     steps, weights = UniformSampler(10).sample(edges)
     assert to_np(steps).tolist() == expected
     assert weights.dtype == edges.dtype
+
+
+def test_betas_for_alpha_bar_names_the_time_where_alpha_bar_fails():
+    from diffcore.schedules import betas_for_alpha_bar
+
+    with raises(ValueError, "alpha_bar raised ZeroDivisionError at t = 0.5", "both ends included"):
+        betas_for_alpha_bar(10, lambda t: 1.0 / (t - 0.5))  # a bare ZeroDivisionError before
