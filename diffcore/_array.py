@@ -183,6 +183,8 @@ def concrete_min_max(x: Any) -> tuple[Any, Any] | None:
     """
     if _VALUES_CHECKED.get() or is_traced(x) or math.prod(x.shape) == 0:
         return None
+    if type(x).__module__.startswith("torch") and getattr(x, "requires_grad", False):
+        x = x.detach()  # reading the values of a training output: no graph, no warning
     xp = array_namespace(x)
     lo, hi = xp.min(x), xp.max(x)
     if is_traced(lo) or is_traced(hi):

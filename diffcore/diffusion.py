@@ -21,10 +21,21 @@ from ._array import (
     check_float_array,
     check_same_shape,
     check_timesteps,
+    concrete_min_max,
     default_dtype,
     expand_to,
     mean_flat,
     sum_flat,
+)
+from .checks import (
+    check_bool,
+    check_array,
+    check_callable,
+    check_choice,
+    check_dtype_floating,
+    check_finite,
+    check_nonnegative,
+    check_same_namespace,
 )
 from .losses import (
     discretized_gaussian_log_likelihood,
@@ -32,7 +43,7 @@ from .losses import (
     normal_kl,
     standard_normal_logp,
 )
-from .schedules import check_betas, respace_betas, respaced_timesteps
+from .schedules import check_betas, respace_betas, respaced_timesteps, space_timesteps
 
 __all__ = ["GaussianDiffusion", "PMeanVariance", "MODEL_MEAN_TYPES", "MODEL_VAR_TYPES", "LOSS_TYPES", "DECODERS"]
 
@@ -52,17 +63,30 @@ class PMeanVariance(NamedTuple):
     pred_xstart: Any
 
 
-def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
-
-
 def _check_noise(noise: Any, x_start: Any) -> None:
     if noise is None:
         raise ValueError("noise is required: the core makes no random numbers (draw it with backend.normal)")
-    check_float_array(noise, "noise")
-    check_same_shape(x_start, noise, "x_start", "noise")
+    _check_like(noise, x_start, "noise", "x_start")
+
+
+def _check_like(a: Any, x: Any, name: str, x_name: str, *, same_dtype: bool = True) -> None:
+    """``a`` is a real floating array of x's framework and shape (and dtype unless told otherwise):
+    a torch x_start with a NumPy noise, or a float64 noise with a float16 x_start, would otherwise
+    be silently promoted (or fail deep inside an operator)."""
+    check_float_array(a, name)
+    check_same_namespace(**{x_name: x, name: a})
+    check_same_shape(x, a, x_name, name)
+    if same_dtype and a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of {x_name} ({x.dtype}); got {a.dtype}")
+
+
+def _check_model_output(model_output: Any, x_t: Any) -> None:
+    """The network's output: a floating array of x_t's framework, finite (read for concrete arrays)."""
+    if model_output is None:
+        raise TypeError("model_output is None: the model returned nothing (it must return an array like x_t)")
+    check_float_array(model_output, "model_output")
+    check_same_namespace(x_t=x_t, model_output=model_output)
+    check_finite(model_output, "model_output", FloatingPointError, " (the model returned NaN or infinity)")
 
 
 class GaussianDiffusion:
@@ -93,9 +117,9 @@ class GaussianDiffusion:
         betas = check_betas(betas)
         if betas.shape[0] < 2:
             raise ValueError(f"betas must have at least 2 steps; got {betas.shape[0]}")
-        self.model_mean_type = _choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
-        self.model_var_type = _choice(model_var_type, MODEL_VAR_TYPES, "model_var_type")
-        self.rescale_timesteps = bool(rescale_timesteps)
+        self.model_mean_type = check_choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
+        self.model_var_type = check_choice(model_var_type, MODEL_VAR_TYPES, "model_var_type")
+        self.rescale_timesteps = check_bool(rescale_timesteps, "rescale_timesteps")
         T = self.num_timesteps = int(betas.shape[0])
 
         if timestep_map is None:
@@ -170,11 +194,12 @@ class GaussianDiffusion:
         if x.ndim < 1:
             raise ValueError(f"{name} must have a batch axis; got a 0-D array")
         check_timesteps(t, self.num_timesteps, "t", batch=x.shape[0])
+        check_same_namespace(**{name: x, "t": t})
         return xp
 
     def _per_step(self, name: str, t: Any, dtype: Any) -> Any:
         xp = check_timesteps(t, self.num_timesteps, "t")
-        dtype = default_dtype(xp) if dtype is None else dtype
+        dtype = default_dtype(xp) if dtype is None else check_dtype_floating(dtype, xp, "dtype")
         table = self._table(name, xp, dtype, array_device(t))
         return xp.take(table, t, axis=0) if t.ndim == 1 else table[t]
 
@@ -202,14 +227,30 @@ class GaussianDiffusion:
         return mapped
 
     def time_from_model_time(self, t_in: Any) -> Any:
-        """The step index whose network time input is ``t_in`` (the inverse of :meth:`model_time`)."""
-        xp = array_namespace(t_in)
+        """The step index whose network time input is ``t_in`` (the inverse of :meth:`model_time`).
+
+        ``t_in`` must be a time this chain gives its network (an original step of ``timestep_map``,
+        or its rescaled value); for concrete arrays anything else is a ValueError, not the nearest step.
+        """
+        xp = check_array(t_in, "t_in", floating=False)
         device = array_device(t_in)
+        original = t_in
         if self.rescale_timesteps:
             t_in = xp.round(t_in * (self.original_num_timesteps / 1000.0))
         steps = xp.astype(t_in, default_dtype(xp, "indexing"))
         table = self._table("timestep_map", xp, steps.dtype, device)
-        return xp.searchsorted(table, steps)
+        index = xp.searchsorted(table, steps)
+        lo_hi = concrete_min_max(original)
+        if lo_hi is not None:
+            found = xp.take(table, xp.clip(index, max=self.num_timesteps - 1), axis=0)
+            exact = xp.all(xp.astype(found, original.dtype) == (original if not self.rescale_timesteps else t_in))
+            if not bool(exact) or not bool(xp.all(index < self.num_timesteps)):
+                raise ValueError(
+                    f"t_in must be network times of this chain (original steps {int(self.timestep_map[0])}.."
+                    f"{int(self.timestep_map[-1])} of its timestep_map{', rescaled to [0, 1000)' if self.rescale_timesteps else ''}); "
+                    f"got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g} that are not all among them"
+                )
+        return index
 
     def prior_sample(self, noise: Any) -> Any:
         """x_T ~ N(0, I): the prior sample is the noise itself."""
@@ -247,7 +288,7 @@ class GaussianDiffusion:
         The variance terms broadcast against x_t (shape (B, 1, ..., 1)).
         """
         self._check(x_start, t)
-        check_same_shape(x_start, x_t, "x_start", "x_t")
+        _check_like(x_t, x_start, "x_t", "x_start")
         mean = self._gather("posterior_mean_coef1", t, x_t) * x_start + self._gather("posterior_mean_coef2", t, x_t) * x_t
         variance = self._gather("posterior_variance", t, x_t)
         log_variance = self._gather("posterior_log_variance_clipped", t, x_t)
@@ -258,6 +299,7 @@ class GaussianDiffusion:
         return self._gather("sqrt_alphas_cumprod", t, x), self._gather("sqrt_one_minus_alphas_cumprod", t, x)
 
     def _split_output(self, model_output: Any, x_t: Any) -> tuple[Any, Any]:
+        _check_model_output(model_output, x_t)
         if self.model_var_type in ("learned", "learned_range"):
             if x_t.ndim < 2:
                 raise ValueError("a learned variance needs x_t with a channel axis 1")
@@ -315,6 +357,9 @@ class GaussianDiffusion:
         through ``denoised_fn``); the variance follows ``model_var_type``.
         """
         xp = self._check(x_t, t, "x_t")
+        check_bool(clip_denoised, "clip_denoised")
+        if denoised_fn is not None:
+            check_callable(denoised_fn, "denoised_fn", "denoised_fn(pred_xstart) -> pred_xstart")
         mean_output, var_output = self._split_output(model_output, x_t)
         log_variance = self.model_log_variance(var_output, x_t, t)
         alpha, sigma = self._alpha_sigma(t, x_t)
@@ -329,7 +374,7 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------------- variational bound
     def decoder_nll(self, x_start: Any, mean: Any, log_variance: Any, decoder: str = "discretized") -> Any:
         """-log p(x_0 | x_1) elementwise, in nats: 8-bit discretized or continuous Gaussian."""
-        _choice(decoder, DECODERS, "decoder")
+        check_choice(decoder, DECODERS, "decoder")
         if decoder == "discretized":
             return -discretized_gaussian_log_likelihood(x_start, means=mean, log_scales=0.5 * log_variance)
         return -gaussian_log_likelihood(x_start, means=mean, log_variance=log_variance)
@@ -350,9 +395,10 @@ class GaussianDiffusion:
         Takes the model's mean and log-variance directly, so any reverse Gaussian can be scored.
         """
         xp = self._check(x_start, t)
-        check_same_shape(x_start, x_t, "x_start", "x_t")
+        _check_like(x_t, x_start, "x_t", "x_start")
         check_float_array(model_mean, "model_mean")
         check_float_array(model_log_variance, "model_log_variance")
+        check_same_namespace(x_start=x_start, model_mean=model_mean, model_log_variance=model_log_variance)
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)) / _LN2
         nll = mean_flat(self.decoder_nll(x_start, model_mean, model_log_variance, decoder)) / _LN2
@@ -377,7 +423,7 @@ class GaussianDiffusion:
 
     def prior_bpd(self, x_start: Any) -> Any:
         """Per-example L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim."""
-        xp = check_float_array(x_start, "x_start")
+        xp = check_array(x_start, "x_start", min_ndim=1)
         t = xp.full((x_start.shape[0],), self.num_timesteps - 1, dtype=default_dtype(xp, "indexing"), device=array_device(x_start))
         mean, _, log_variance = self.q_mean_variance(x_start, t)
         zeros = xp.zeros_like(mean)
@@ -399,7 +445,9 @@ class GaussianDiffusion:
         the result is already in bits of the 8-bit data: no offset is added (docs/math.md).
         Returns total_bpd, prior_bpd, vb (B, T), xstart_mse (B, T) and mse (B, T), per example.
         """
-        xp = check_float_array(x_start, "x_start")
+        xp = check_array(x_start, "x_start", min_ndim=1)
+        check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
+        check_callable(noise, "noise", "noise(i) -> standard normal draws of x_start's shape")
         B = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
         for i in range(self.num_timesteps):
@@ -445,10 +493,13 @@ class GaussianDiffusion:
         ``stop_gradient`` comes from the backend (default: the backend of ``model_output``'s arrays).
         Returns a dict with "loss" and its parts ("mse", "vb").
         """
-        _choice(loss_type, LOSS_TYPES, "loss_type")
+        check_choice(loss_type, LOSS_TYPES, "loss_type")
         xp = self._check(x_start, t)
-        check_same_shape(x_start, x_t, "x_start", "x_t")
+        _check_like(x_t, x_start, "x_t", "x_start")
         _check_noise(noise, x_start)
+        lambda_vlb = check_nonnegative(lambda_vlb, "lambda_vlb")
+        if stop_gradient is not None:
+            check_callable(stop_gradient, "stop_gradient", "stop_gradient(x) -> x")
         terms: dict[str, Any] = {}
         if loss_type in ("vlb", "rescaled_vlb"):
             vb, _ = self.vb_terms_bpd(model_output, x_start, x_t, t, decoder=decoder)
@@ -492,20 +543,37 @@ class GaussianDiffusion:
         **options: Any,
     ) -> dict[str, Any]:
         """improved-diffusion's ``training_losses``: q_sample, one model call, :meth:`loss_terms`."""
+        check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
         x_t = self.q_sample(x_start, t, noise=noise)
         t_in = self.model_time(t)
         output = model(x_t, t_in, cond) if cond is not None else model(x_t, t_in)
         return self.loss_terms(output, x_start, x_t, t, noise=noise, **options)
 
     # ---------------------------------------------------------------------------- respacing
-    def respace(self, steps: int | str, spacing: str = "linspace") -> "GaussianDiffusion":
+    def respace(
+        self, steps: int | str | list[int] | None = None, spacing: str = "linspace", *, timesteps: Any = None
+    ) -> "GaussianDiffusion":
         """The chain restricted to a subset of steps (Improved DDPM §4).
 
         New betas are 1 - abar_{s_i} / abar_{s_{i-1}}; the network keeps receiving the original
         steps through ``timestep_map``. ``steps`` is a count (with ``spacing`` "linspace", "leading"
-        or "trailing") or improved-diffusion's strings ("ddim50", "10,15,20").
+        or "trailing"), improved-diffusion's strings ("ddim50", "10,15,20") or its per-section
+        counts as a list ([10, 15, 20]). To keep explicit steps, pass ``timesteps=[0, 10, 99]``
+        (sorted unique ints in [0, T-1], 0-based) instead of ``steps``.
         """
-        kept = respaced_timesteps(self.num_timesteps, steps, spacing)
+        if timesteps is not None:
+            if steps is not None or spacing != "linspace":
+                raise TypeError(
+                    "pass either steps (a count, 'ddimN', or per-section counts) with spacing, or timesteps "
+                    f"(the kept steps), not both; got steps={steps!r}, spacing={spacing!r}, timesteps={timesteps!r}"
+                )
+            kept = space_timesteps(self.num_timesteps, timesteps=timesteps)
+            if kept.shape[0] < 2:
+                raise ValueError(f"timesteps must keep at least 2 steps (a chain needs 2); got {timesteps!r}")
+        elif steps is None:
+            raise TypeError("respace needs steps (a count, 'ddimN', '10,15,20' or [10, 15, 20]) or timesteps=[...]")
+        else:
+            kept = respaced_timesteps(self.num_timesteps, steps, spacing)
         new_betas, index_map = respace_betas(self.betas, kept)
         return GaussianDiffusion(
             betas=new_betas,

@@ -33,6 +33,7 @@ from ._array import (
     check_same_shape,
     concrete_min_max,
     default_dtype,
+    is_traced,
     sum_flat,
     to_numpy,
     values_checked_upstream,
@@ -41,6 +42,7 @@ from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, check_backend_array
 from .diffusion import GaussianDiffusion
+from .checks import check_bool, check_callable, check_int
 from .models import split_model
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
@@ -408,9 +410,10 @@ def _raise_if_unfinished(out: _OdeState, T: float, max_steps: int, rtol: float, 
 
 
 class _VlbState(NamedTuple):
-    total: Any  # (B,) the bound so far, bits/dim
+    total: Any  # (B,) the bound so far, bits/dim, in at least float32
     x: Any  # (B, ...) the data
     offset: Any  # (B,) the stride offset in 1..k (0 for stride 1)
+    bad_step: Any  # (B,) the first step whose model output was non-finite, -1 while all is well
 
 
 def _make_vlb_step(model: Callable, diffusion: GaussianDiffusion, clip_denoised: bool, decoder: str) -> Callable:
@@ -423,13 +426,46 @@ def _make_vlb_step(model: Callable, diffusion: GaussianDiffusion, clip_denoised:
         t_raw = start + strided * state.offset  # steps o + j k (strided rows) or the row's step
         valid = t_raw <= last
         t = xp.where(valid, t_raw, xp.full_like(t_raw, last))
-        x_t = diffusion.q_sample(state.x, t, noise=noise)
+        # the model sees x's dtype; the noise is drawn in the accumulator's (>= float32)
+        x_t = diffusion.q_sample(state.x, t, noise=xp.astype(noise, state.x.dtype))
         output = call_model(model, args, x_t, diffusion.model_time(t), learned)
-        terms, _ = diffusion.vb_terms_bpd(output, state.x, x_t, t, clip_denoised=clip_denoised, decoder=decoder)
-        w = xp.astype(valid, terms.dtype) * weight
-        return _VlbState(state.total + w * terms, state.x, state.offset)
+        finite = xp.isfinite(output)
+        if output.ndim > 1:
+            finite = xp.all(finite, axis=tuple(range(1, output.ndim)))
+        newly_bad = xp.logical_and(xp.logical_and(valid, xp.logical_not(finite)), state.bad_step < 0)
+        bad_step = xp.where(newly_bad, xp.astype(t, state.bad_step.dtype), state.bad_step)
+        # the terms in the accumulator's dtype: in float16 the decoder's floor is 0 and the KL overflows
+        wd = state.total.dtype
+        terms, _ = diffusion.vb_terms_bpd(
+            xp.astype(output, wd), xp.astype(state.x, wd), xp.astype(x_t, wd), t,
+            clip_denoised=clip_denoised, decoder=decoder,
+        )
+        added = xp.where(valid, terms * weight, xp.zeros_like(terms))  # 0 * NaN would be NaN
+        return _VlbState(state.total + added, state.x, state.offset, bad_step)
 
     return step
+
+
+def _raise_if_vlb_nonfinite(out: _VlbState, diffusion: GaussianDiffusion) -> None:
+    """FloatingPointError naming the examples and steps of a non-finite model output (one host read)."""
+    if is_traced(out.bad_step) or is_traced(out.total):
+        return
+    bad = np.asarray(to_numpy(out.bad_step))
+    if np.any(bad >= 0):
+        idx = np.flatnonzero(bad >= 0)
+        steps = bad[idx]
+        t_in = diffusion.timestep_map[steps]
+        raise FloatingPointError(
+            f"vlb_bpd: the model output was non-finite (NaN or inf) at step t={steps[:10].tolist()} (0-based; "
+            f"the network received original steps {t_in[:10].tolist()}) for example(s) {idx[:10].tolist()}"
+        )
+    total = np.asarray(to_numpy(out.total), dtype=np.float64)
+    if not np.all(np.isfinite(total)):
+        idx = np.flatnonzero(~np.isfinite(total))
+        raise FloatingPointError(
+            f"vlb_bpd: the bound was non-finite for example(s) {idx[:10].tolist()} although the model output "
+            f"was finite (a variance or a KL term overflowed in {out.total.dtype})"
+        )
 
 
 def vlb_bpd(
@@ -452,21 +488,37 @@ def vlb_bpd(
     at steps o + j k with a random offset o in 1..k per example, each weighted by k: an unbiased
     estimate of the full bound with about T / k model calls. ``decoder`` "discretized" for 8-bit
     data in [-1, 1], "gaussian" for real-valued data (then the bound is of a density: nats / (D ln 2)).
+    float16 / bfloat16 data: the model sees x_t in that dtype; the terms and the sum are float32, and so
+    is the result. A non-finite model output raises FloatingPointError naming the step and examples.
     """
-    bk = _resolve_backend(backend, x)
     xp = check_float_array(x, "x")
+    bk = _resolve_backend(backend, x)
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"diffusion must be a GaussianDiffusion; got {type(diffusion).__name__} (use ode_likelihood for SDEs)")
+    check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
     if x.ndim < 1:
         raise ValueError("x must have a batch axis; got a 0-D array")
-    stride = check_steps(stride, "stride")
+    stride = check_int(stride, "stride", 1)
+    clip_denoised = check_bool(clip_denoised, "clip_denoised")
     check_choice(decoder, ("discretized", "gaussian"), "decoder")
     B = x.shape[0]
     T = diffusion.num_timesteps
     if stride >= T:
         raise ValueError(f"stride must be smaller than the number of steps {T}; got {stride}")
+    lo_hi = concrete_min_max(x)
+    if lo_hi is not None:
+        lo, hi = (float(v) for v in lo_hi)
+        if decoder == "discretized" and not (lo >= -1.0 and hi <= 1.0):  # NaN fails too
+            raise ValueError(
+                f"x must lie in [-1, 1] for decoder='discretized' (8-bit data scaled as pixel / 127.5 - 1); got "
+                f"values from {lo:g} to {hi:g}: scale the data to [-1, 1], or use decoder='gaussian' for real-valued data"
+            )
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"x must be finite; got values from {lo:g} to {hi:g}")
     device = array_device(x)
     idx = default_dtype(xp, "indexing", device)
+    # the bound is summed in at least float32: in float16 the small per-step terms are lost
+    wd = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float32
     key = bk.key(seed)
     if sample_ids is None:
         sample_ids = xp.arange(B, dtype=idx, device=device)
@@ -484,20 +536,22 @@ def vlb_bpd(
     plan = (
         xp.asarray(start, dtype=idx, device=device),
         xp.asarray(strided, dtype=idx, device=device),
-        as_xp(weight, xp, x.dtype, device),
+        as_xp(weight, xp, wd, device),
     )
     fn, weights = split_model(model, bk)
     step = _reused(
         fn, ("vlb", fn, diffusion, bool(clip_denoised), decoder),
         lambda: _make_vlb_step(fn, diffusion, bool(clip_denoised), decoder),
     )
-    state = _VlbState(diffusion.prior_bpd(x), x, offset)
+    bad_step = xp.full((B,), -1, dtype=idx, device=device)
+    state = _VlbState(diffusion.prior_bpd(xp.astype(x, wd)), x, offset, bad_step)
     noise_key = bk.fold_in(key, _VLB_STREAM)
     with values_checked_upstream():  # the visited steps are valid by construction: no sync per step
         out = bk.loop(
             step, state, plan, key=noise_key, noise_shape=tuple(x.shape), sample_ids=sample_ids,
             args=ModelArgs(weights, cond),
         )
+    _raise_if_vlb_nonfinite(out, diffusion)
     total = out.total
     return LikelihoodResult(total * (math.prod(x.shape[1:]) * _LN2), total, int(start.shape[0]))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .checks import check_prediction  # noqa: F401  (re-exported: the allowed values live here)
+
 __all__ = [
     "PREDICTIONS",
     "check_prediction",
@@ -31,10 +33,6 @@ __all__ = [
 PREDICTIONS = ("eps", "x0", "v", "score", "scaled_score")
 
 
-def check_prediction(prediction: str, name: str = "prediction") -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
-    return prediction
 
 
 def x0_from_eps(x_t, eps, alpha, sigma):

@@ -9,11 +9,11 @@ Ho et al. 2020: alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s; arrays are 0
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .checks import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "SCHEDULE_NAMES",
@@ -25,6 +25,7 @@ __all__ = [
     "space_timesteps",
     "respaced_timesteps",
     "respace_betas",
+    "check_kept_timesteps",
     "ncsn_sigmas",
     "karras_sigmas",
 ]
@@ -42,28 +43,6 @@ _SCHEDULE_OPTIONS: dict[str, dict[str, float]] = {
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
-    """``value`` as a Python int (bools and non-integers refused), at least ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    value = operator.index(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _check_float(value: Any, name: str, low: float, high: float, *, high_inclusive: bool = False) -> float:
-    """``value`` as a finite Python float in (low, high) (or (low, high] when ``high_inclusive``)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    ok = math.isfinite(value) and low < value and (value <= high if high_inclusive else value < high)
-    if not ok:
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be a finite number in ({low}, {high}{bracket}, got {value!r}")
-    return value
 
 
 def check_betas(betas: Any, name: str = "betas") -> np.ndarray:
@@ -102,8 +81,10 @@ def check_betas(betas: Any, name: str = "betas") -> np.ndarray:
     return arr
 
 
-def _check_timesteps(timesteps: Any, num_timesteps: int, name: str = "timesteps") -> np.ndarray:
-    """Strictly increasing integer steps within [0, num_timesteps - 1], as int64."""
+def check_kept_timesteps(timesteps: Any, num_timesteps: int, name: str = "timesteps") -> np.ndarray:
+    """Strictly increasing (sorted, unique) integer steps within [0, num_timesteps - 1], as int64."""
+    if timesteps is None or isinstance(timesteps, (str, bytes)) or np.ndim(timesteps) == 0:
+        raise TypeError(f"{name} must be a 1-D array of ints (the kept steps), got {timesteps!r}")
     try:
         arr = np.asarray(timesteps)
     except Exception as exc:
@@ -141,16 +122,21 @@ def betas_for_alpha_bar(
     beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta), i = 0, ..., T-1, as in
     improved-diffusion's ``betas_for_alpha_bar``. ``alpha_bar`` is called with Python floats.
     """
-    T = _check_int(num_timesteps, "num_timesteps", 1)
+    T = check_int(num_timesteps, "num_timesteps", 1)
     if not callable(alpha_bar):
         raise TypeError(f"alpha_bar must be a callable t -> abar(t), got {alpha_bar!r}")
-    max_beta = _check_float(max_beta, "max_beta", 0.0, 1.0, high_inclusive=True)
+    max_beta = check_real(max_beta, "max_beta", 0.0, 1.0, high_inclusive=True)
     values = np.empty(T + 1, dtype=np.float64)
     for i in range(T + 1):
         try:
             values[i] = float(alpha_bar(i / T))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"alpha_bar must return a real number, failed at t = {i / T!r}: {exc}") from exc
+        except ArithmeticError as exc:  # e.g. a division by zero inside the user's function
+            raise ValueError(
+                f"alpha_bar raised {type(exc).__name__} at t = {i / T!r} (it is called at t = i / num_timesteps, "
+                f"i = 0..{T}, both ends included): {exc}"
+            ) from exc
     ok = np.isfinite(values) & (values >= 0.0)
     ok[:-1] &= values[:-1] > 0.0  # abar(t) is divided by at every t < 1
     if not ok.all():
@@ -189,13 +175,9 @@ def get_named_beta_schedule(
 
     ``rescale_zero_terminal_snr=True`` then applies :func:`rescale_zero_terminal_snr` (last beta = 1).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, one of {SCHEDULE_NAMES}, got {name!r}")
-    if name not in _SCHEDULE_OPTIONS:
-        raise ValueError(f"name must be one of {SCHEDULE_NAMES}, got {name!r}")
-    T = _check_int(num_timesteps, "num_timesteps", 1)
-    if not isinstance(rescale_zero_terminal_snr, (bool, np.bool_)):
-        raise TypeError(f"rescale_zero_terminal_snr must be a bool, got {rescale_zero_terminal_snr!r}")
+    check_choice(name, SCHEDULE_NAMES, "name")
+    T = check_int(num_timesteps, "num_timesteps", 1)
+    check_bool(rescale_zero_terminal_snr, "rescale_zero_terminal_snr")
     allowed = _SCHEDULE_OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -213,12 +195,12 @@ def get_named_beta_schedule(
         scale = 1000.0 / T
         betas = np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
     elif name == "cosine":
-        s = _check_float(opts["s"], "s", 0.0, math.inf)
-        max_beta = _check_float(opts["max_beta"], "max_beta", 0.0, 1.0, high_inclusive=True)
+        s = check_real(opts["s"], "s", 0.0, math.inf)
+        max_beta = check_real(opts["max_beta"], "max_beta", 0.0, 1.0, high_inclusive=True)
         betas = betas_for_alpha_bar(T, _cosine_alpha_bar(s), max_beta)
     else:
-        beta_start = _check_float(opts["beta_start"], "beta_start", 0.0, 1.0)
-        beta_end = _check_float(opts["beta_end"], "beta_end", 0.0, 1.0)
+        beta_start = check_real(opts["beta_start"], "beta_start", 0.0, 1.0)
+        beta_end = check_real(opts["beta_end"], "beta_end", 0.0, 1.0)
         if name == "scaled_linear":
             betas = np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
         else:
@@ -263,7 +245,9 @@ _rescale_zero_terminal_snr = rescale_zero_terminal_snr  # get_named_beta_schedul
 # --------------------------------------------------------------------------- respacing
 
 
-def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> np.ndarray:
+def space_timesteps(
+    num_timesteps: int, section_counts: str | Sequence[int] | None = None, *, timesteps: Sequence[int] | None = None
+) -> np.ndarray:
     """The original steps kept when respacing, improved-diffusion's ``space_timesteps`` (Nichol & Dhariwal 2021, §4).
 
     ``section_counts``:
@@ -272,9 +256,20 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
       - ``"10,15,20"`` or ``[10, 15, 20]``: [0, T) is split into len(section_counts) sections (the first
         T % len sections one step longer) and each section i keeps section_counts[i] steps at
         round(j * (size-1)/(count-1)), j = 0..count-1 (Python's round-half-even, as the reference).
+    A list is always per-section counts, as in improved-diffusion. To give the kept steps themselves,
+    pass ``timesteps=[0, 250, 999]`` instead (sorted unique ints in [0, T-1]; returned as int64).
     Returns the sorted unique steps as int64.
     """
-    T = _check_int(num_timesteps, "num_timesteps", 1)
+    T = check_int(num_timesteps, "num_timesteps", 1)
+    if timesteps is not None:
+        if section_counts is not None:
+            raise TypeError(
+                f"pass either section_counts (counts per section, or 'ddimN') or timesteps (the kept steps), "
+                f"not both; got section_counts={section_counts!r}, timesteps={timesteps!r}"
+            )
+        return check_kept_timesteps(timesteps, T)
+    if section_counts is None:
+        raise TypeError("space_timesteps needs section_counts ('ddimN', '10,15,20' or [10, 15, 20]) or timesteps=[...]")
     if isinstance(section_counts, str):
         text = section_counts.strip()
         if text.startswith("ddim"):
@@ -303,7 +298,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             ) from None
     else:
         try:
-            counts = [_check_int(c, "section_counts entries") for c in section_counts]
+            counts = [check_int(c, "section_counts entries") for c in section_counts]
         except TypeError as exc:
             raise TypeError(
                 f"section_counts must be a str or a sequence of ints, got {section_counts!r} ({exc})"
@@ -341,17 +336,14 @@ def respaced_timesteps(
       - ``"leading"``: arange(n) * (T // n) + steps_offset -- starts at steps_offset, often misses T-1;
       - ``"trailing"``: round(arange(T, 0, -T/n)) - 1, the first n entries -- ends at T-1. (diffusers
         keeps all entries: its float arange sometimes yields n+1 of them, the last becoming step -1.)
-    ``num_steps`` may also be a string understood by :func:`space_timesteps` (``"ddim50"``, ``"10,20"``),
-    improved-diffusion's spacings; then ``spacing`` must stay at its default and ``steps_offset`` at 0.
+    ``num_steps`` may also be a string or a list of per-section counts understood by
+    :func:`space_timesteps` (``"ddim50"``, ``"10,20"``, ``[10, 20]``), improved-diffusion's spacings; then ``spacing`` must stay at its default and ``steps_offset`` at 0.
     ``steps_offset`` applies to ``"leading"`` only.
     """
-    T = _check_int(num_timesteps, "num_timesteps", 1)
-    if not isinstance(spacing, str):
-        raise TypeError(f"spacing must be a str, one of {SPACINGS}, got {spacing!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    offset = _check_int(steps_offset, "steps_offset", 0)
-    if isinstance(num_steps, str):
+    T = check_int(num_timesteps, "num_timesteps", 1)
+    check_choice(spacing, SPACINGS, "spacing")
+    offset = check_int(steps_offset, "steps_offset", 0)
+    if isinstance(num_steps, (str, list, tuple)):
         if spacing != "linspace" or offset != 0:
             raise ValueError(
                 f"num_steps {num_steps!r} is a space_timesteps string: it sets the spacing itself, so spacing "
@@ -359,7 +351,7 @@ def respaced_timesteps(
                 f"steps_offset={offset}"
             )
         return space_timesteps(T, num_steps)
-    n = _check_int(num_steps, "num_steps", 1)
+    n = check_int(num_steps, "num_steps", 1)
     if n > T:
         raise ValueError(f"num_steps must be <= num_timesteps = {T}, got {n}")
     if offset and spacing != "leading":
@@ -393,7 +385,7 @@ def respace_betas(betas: Any, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
     chain ends at abar[s_{n-1}], not abar_T: that is the reference's behaviour.
     """
     betas = check_betas(betas)
-    steps = _check_timesteps(timesteps, betas.shape[0])
+    steps = check_kept_timesteps(timesteps, betas.shape[0])
     # 1 - prod(1 - beta_j) over each segment (s_{i-1}, s_i], via log1p/expm1: exact to a few ulp even
     # for a single step (1 - abar[i]/abar[i-1] loses ~1e-12 relative on beta ~ 1e-4).
     with np.errstate(divide="ignore"):  # log1p(-1) = -inf at a zero-terminal-SNR last step
@@ -407,8 +399,8 @@ def respace_betas(betas: Any, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_sigma_range(sigma_min: Any, sigma_max: Any) -> tuple[float, float]:
-    sigma_min = _check_float(sigma_min, "sigma_min", 0.0, math.inf)
-    sigma_max = _check_float(sigma_max, "sigma_max", 0.0, math.inf)
+    sigma_min = check_real(sigma_min, "sigma_min", 0.0, math.inf)
+    sigma_max = check_real(sigma_max, "sigma_max", 0.0, math.inf)
     if not sigma_max > sigma_min:
         raise ValueError(f"sigma_max must be greater than sigma_min; got sigma_max={sigma_max}, sigma_min={sigma_min}")
     return sigma_min, sigma_max
@@ -421,7 +413,7 @@ def ncsn_sigmas(sigma_max: float = 1.0, sigma_min: float = 0.01, num_scales: int
     NCSNv2 CIFAR-10: 50 -> 0.01, L = 232.
     """
     sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
-    num_scales = _check_int(num_scales, "num_scales", 2)
+    num_scales = check_int(num_scales, "num_scales", 2)
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
 
 
@@ -431,8 +423,8 @@ def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 8
     sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
     """
     sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    rho = _check_float(rho, "rho", 0.0, math.inf)
+    num_steps = check_int(num_steps, "num_steps", 1)
+    rho = check_real(rho, "rho", 0.0, math.inf)
     if num_steps == 1:
         return np.array([sigma_max])
     ramp = np.arange(num_steps) / (num_steps - 1)

@@ -21,11 +21,13 @@ from ._array import (
     array_namespace,
     check_float_array,
     check_per_example,
+    concrete_min_max,
     default_dtype,
     expand_to,
     sum_flat,
 )
-from .schedules import _check_float, _check_int, ncsn_sigmas
+from .checks import check_bool, check_dtype_floating, check_int, check_real, check_same_namespace
+from .schedules import ncsn_sigmas
 
 __all__ = ["SDE", "VPSDE", "subVPSDE", "VESDE", "ReverseSDE", "check_time"]
 
@@ -68,7 +70,7 @@ class SDE:
     zero_noise_at_start = True
 
     def __init__(self, N: int) -> None:
-        self.N = _check_int(N, "N", 1)
+        self.N = check_int(N, "N", 1)
         self._cache = TableCache()
 
     # -- to be provided ----------------------------------------------------------------------
@@ -94,13 +96,20 @@ class SDE:
     def _time_like(self, t: Any, x: Any) -> Any:
         """``t`` as an array in x's namespace (Python numbers allowed), checked against x's batch."""
         xp = array_namespace(x)
+        if x.ndim < 1:
+            raise ValueError("x must have a batch axis (shape (B, ...)); got a 0-D array")
+        if isinstance(t, (bool, np.bool_)):
+            raise TypeError(f"t must be a real time in [0, {self.T:g}] (an array or a Python float); got {t!r}")
         if isinstance(t, (int, float)):
             t = xp.asarray(float(t), dtype=x.dtype if xp.isdtype(x.dtype, "real floating") else None, device=array_device(x))
-        check_time(t, self.T, batch=x.shape[0] if x.ndim else None)
+        check_time(t, self.T, batch=x.shape[0])
+        check_same_namespace(x=x, t=t)
         return t
 
     def _coef(self, fn: Callable[[Any], Any], t: Any, dtype: Any) -> Any:
         xp = array_namespace(t)
+        if dtype is not None:
+            check_dtype_floating(dtype, xp, "dtype")
         out = fn(_working(t))
         return xp.astype(out, dtype) if dtype is not None and out.dtype != dtype else out
 
@@ -146,7 +155,7 @@ class SDE:
     def reverse(self, score_fn: Callable[[Any, Any], Any], probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE dx = [f - g^2 s] dt + g dw-bar, or the probability-flow ODE
         dx = [f - 1/2 g^2 s] dt when ``probability_flow`` (Song et al. 2021, eqs. 6 and 13)."""
-        return ReverseSDE(self, score_fn, probability_flow)
+        return ReverseSDE(self, score_fn, check_bool(probability_flow, "probability_flow"))
 
     # -- the process interface -------------------------------------------------------------------
     def alpha(self, t: Any, dtype: Any = None) -> Any:
@@ -180,8 +189,8 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N)
-        self.beta_0 = _check_float(beta_min, "beta_min", 0.0, math.inf)
-        self.beta_1 = _check_float(beta_max, "beta_max", 0.0, math.inf)
+        self.beta_0 = check_real(beta_min, "beta_min", 0.0, math.inf)
+        self.beta_1 = check_real(beta_max, "beta_max", 0.0, math.inf)
         if not self.beta_1 > self.beta_0:
             raise ValueError(f"beta_max must be greater than beta_min; got beta_max={beta_max}, beta_min={beta_min}")
         self.discrete_betas = np.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N)
@@ -246,6 +255,7 @@ class VPSDE(SDE):
         return t * (self.N - 1)
 
     def time_from_model_time(self, t_in):
+        check_float_array(t_in, "t_in")
         return t_in / (self.N - 1)
 
 
@@ -281,8 +291,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         super().__init__(N)
-        self.sigma_min = _check_float(sigma_min, "sigma_min", 0.0, math.inf)
-        self.sigma_max = _check_float(sigma_max, "sigma_max", 0.0, math.inf)
+        self.sigma_min = check_real(sigma_min, "sigma_min", 0.0, math.inf)
+        self.sigma_max = check_real(sigma_max, "sigma_max", 0.0, math.inf)
         if not self.sigma_max > self.sigma_min:
             raise ValueError(f"sigma_max must be greater than sigma_min; got sigma_max={sigma_max}, sigma_min={sigma_min}")
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
@@ -332,7 +342,13 @@ class VESDE(SDE):
         return self._coef(self._sigma, t, t.dtype)
 
     def time_from_model_time(self, t_in):
-        xp = array_namespace(t_in)
+        xp = check_float_array(t_in, "t_in")
+        lo_hi = concrete_min_max(t_in)
+        if lo_hi is not None and not float(lo_hi[0]) > 0.0:  # log(0) = -inf; NaN fails too
+            raise ValueError(
+                f"t_in must be noise levels sigma > 0 (VESDE's network time is sigma(t) in "
+                f"[{self.sigma_min:g}, {self.sigma_max:g}]); got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g}"
+            )
         return (xp.log(t_in) - math.log(self.sigma_min)) / self.log_ratio
 
 
@@ -345,11 +361,13 @@ class ReverseSDE:
     """
 
     def __init__(self, forward: SDE, score_fn: Callable[[Any, Any], Any], probability_flow: bool = False) -> None:
+        if not isinstance(forward, SDE):
+            raise TypeError(f"forward must be an SDE (VPSDE, subVPSDE, VESDE); got {type(forward).__name__}")
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable score_fn(x, t); got {type(score_fn).__name__}")
         self.forward = forward
         self.score_fn = score_fn
-        self.probability_flow = bool(probability_flow)
+        self.probability_flow = check_bool(probability_flow, "probability_flow")
         self.N = forward.N
         self.T = forward.T
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .schedules import _check_float, _check_int
+from .checks import check_choice, check_int, check_real
 from ._array import array_device, array_namespace, as_xp, concrete_min_max, to_numpy
 
 __all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
@@ -31,21 +31,29 @@ class TimestepSampler:
 
         Steps are int64-like integers of ``u``'s namespace; weights 1 / (T p_t) in ``u``'s dtype.
         """
-        xp = array_namespace(u)
+        try:
+            xp = array_namespace(u)
+        except TypeError:
+            raise TypeError(
+                f"u must be a 1-D floating array of uniform draws in [0, 1) (from backend.uniform); got {type(u).__name__}"
+            ) from None
         if not xp.isdtype(u.dtype, "real floating") or u.ndim != 1:
             raise ValueError(f"u must be a 1-D floating array of uniform draws in [0, 1); got shape {tuple(u.shape)}, dtype {u.dtype}")
-        lo_hi = concrete_min_max(u)
+        lo_hi = concrete_min_max(u)  # None for traced arrays (jit): no value check there
         if lo_hi is not None:
             lo, hi = (float(v) for v in lo_hi)
-            if lo < 0.0 or hi >= 1.0:
-                raise ValueError(f"u must lie in [0, 1); got values from {lo} to {hi}")
+            if not (lo >= 0.0 and hi < 1.0):  # NaN fails both comparisons
+                raise ValueError(f"u must lie in [0, 1) and be finite; got values from {lo} to {hi}")
         w = np.asarray(self.weights(), dtype=np.float64)
         p = w / np.sum(w)
         cdf = np.cumsum(p)
         cdf[-1] = 1.0  # guard against rounding: every u < 1 finds a step
         device = array_device(u)
-        cdf_x = as_xp(cdf, xp, u.dtype, device)
-        steps = xp.searchsorted(cdf_x, u, side="right")
+        # compare in at least float32: a float16 / bfloat16 CDF rounds its edges (1/3 -> 0.33325 in
+        # float16), moving draws just below an edge to the next step
+        work = u.dtype if u.dtype in (xp.float32, xp.float64) else xp.float32
+        cdf_x = as_xp(cdf, xp, work, device)
+        steps = xp.searchsorted(cdf_x, xp.astype(u, work), side="right")
         steps = xp.clip(steps, max=self.num_timesteps - 1)
         inv = as_xp(1.0 / (self.num_timesteps * p), xp, u.dtype, device)
         return steps, xp.take(inv, steps, axis=0)
@@ -55,7 +63,7 @@ class UniformSampler(TimestepSampler):
     """p_t = 1/T (the default, and the one L_hybrid uses); weights are all 1."""
 
     def __init__(self, num_timesteps: int) -> None:
-        self.num_timesteps = _check_int(num_timesteps, "num_timesteps", 1)
+        self.num_timesteps = check_int(num_timesteps, "num_timesteps", 1)
 
     def weights(self) -> np.ndarray:
         return np.ones(self.num_timesteps)
@@ -69,9 +77,9 @@ class LossSecondMomentResampler(TimestepSampler):
     """
 
     def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
-        self.num_timesteps = _check_int(num_timesteps, "num_timesteps", 1)
-        self.history_per_term = _check_int(history_per_term, "history_per_term", 1)
-        self.uniform_prob = _check_float(uniform_prob, "uniform_prob", 0.0, 1.0, high_inclusive=True)
+        self.num_timesteps = check_int(num_timesteps, "num_timesteps", 1)
+        self.history_per_term = check_int(history_per_term, "history_per_term", 1)
+        self.uniform_prob = check_real(uniform_prob, "uniform_prob", 0.0, 1.0, high_inclusive=True)
         self._loss_history = np.zeros((num_timesteps, history_per_term), dtype=np.float64)
         self._loss_counts = np.zeros(num_timesteps, dtype=np.int64)
 
@@ -88,7 +96,12 @@ class LossSecondMomentResampler(TimestepSampler):
     def update_with_losses(self, steps: Any, losses: Any) -> None:
         """Record per-example losses at their steps (host side: call outside any jit)."""
         steps = np.asarray(to_numpy(steps)).reshape(-1)
-        losses = np.asarray(to_numpy(losses), dtype=np.float64).reshape(-1)
+        if steps.dtype.kind not in "iu":
+            raise TypeError(f"steps must be integer steps (as returned by sample); got dtype {steps.dtype}")
+        losses = np.asarray(to_numpy(losses))
+        if losses.dtype.kind not in "iuf":
+            raise TypeError(f"losses must be real numbers, one per step; got dtype {losses.dtype}")
+        losses = losses.astype(np.float64).reshape(-1)
         if steps.shape != losses.shape:
             raise ValueError(f"steps and losses must have the same length; got {steps.shape[0]} and {losses.shape[0]}")
         if steps.size and (steps.min() < 0 or steps.max() >= self.num_timesteps):
@@ -112,6 +125,11 @@ class LossSecondMomentResampler(TimestepSampler):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(); got {type(state).__name__}")
+        missing = [k for k in ("loss_history", "loss_counts") if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing} (expected a dict from state_dict(); got keys {sorted(state)})")
         history = np.asarray(state["loss_history"], dtype=np.float64)
         counts = np.asarray(state["loss_counts"], dtype=np.int64)
         if history.shape != (self.num_timesteps, self.history_per_term) or counts.shape != (self.num_timesteps,):
@@ -121,11 +139,14 @@ class LossSecondMomentResampler(TimestepSampler):
             )
         self._loss_history = history.copy()
         self._loss_counts = counts.copy()
-        self.uniform_prob = float(state.get("uniform_prob", self.uniform_prob))
+        self.uniform_prob = check_real(
+            state.get("uniform_prob", self.uniform_prob), "uniform_prob", 0.0, 1.0, high_inclusive=True
+        )
 
 
 def create_named_schedule_sampler(name: str, num_timesteps: int) -> TimestepSampler:
     """improved-diffusion's names: "uniform" or "loss-second-moment"."""
+    check_choice(name, ("uniform", "loss-second-moment"), "name")
     if name == "uniform":
         return UniformSampler(num_timesteps)
     if name == "loss-second-moment":

@@ -161,7 +161,7 @@ def test_bad_input():
         VPSDE(beta_min=1.0, beta_max=1.0)
     with pytest.raises(ValueError, match="beta_min"):
         subVPSDE(beta_min=-1.0)
-    with pytest.raises(ValueError, match="N must be an int >= 1"):
+    with pytest.raises(ValueError, match="N must be an integer >= 1"):
         VPSDE(N=0)
     with pytest.raises(TypeError, match="score_fn must be callable"):
         VPSDE().reverse(None)

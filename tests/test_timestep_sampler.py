@@ -97,9 +97,9 @@ def test_bad_input():
         s.update_with_losses(np.array([1]), np.array([np.nan]))
     with pytest.raises(ValueError, match="state does not fit"):
         s.load_state_dict(LossSecondMomentResampler(5).state_dict())
-    with pytest.raises(ValueError, match="num_timesteps must be an int >= 1"):
+    with pytest.raises(ValueError, match="num_timesteps must be an integer >= 1"):
         UniformSampler(0)
-    with pytest.raises(ValueError, match="'uniform' or 'loss-second-moment'"):
+    with pytest.raises(ValueError, match="name must be one of 'uniform', 'loss-second-moment'"):
         create_named_schedule_sampler("importance", 10)
 
 
