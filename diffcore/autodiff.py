@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._array import array_device, array_namespace, as_xp, check_float_array, sum_flat
+from .checks import check_choice
 
 __all__ = ["divergence_exact", "divergence_hutchinson", "as_probes", "DEFAULT_MAX_DIM"]
 
@@ -29,9 +30,7 @@ _MODES = ("vjp", "jvp")
 
 
 def _check_mode(mode: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
-    return mode
+    return check_choice(mode, _MODES, "mode")
 
 
 def _product(backend: Any, f: Callable[[Any], Any], x: Any, v: Any, mode: str, first: bool) -> tuple[Any, Any]:

@@ -14,13 +14,14 @@ was drawn in (EDM's per-sample seeds).
 from __future__ import annotations
 
 import functools
-import operator
 from importlib.metadata import entry_points
 from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import array_api_compat
 import array_api_compat.numpy as np_xp
+
+from .checks import check_int, check_shape as _check_shape
 
 __all__ = [
     "Backend",
@@ -186,22 +187,12 @@ def mix64(state: int, data: int) -> int:
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
+    return check_int(seed, "seed", 0)
 
 
 def check_shape(shape: Any, sample_ids: Any = None) -> tuple[int, ...]:
     """``shape`` as a tuple of non-negative ints; with ``sample_ids``, one id per row of shape[0]."""
-    try:
-        # operator.index: 2.7 or "4" are refused, not truncated
-        out = tuple(operator.index(s) for s in shape) if not isinstance(shape, (str, bytes)) else None
-    except TypeError:
-        out = None
-    if out is None or any(isinstance(s, bool) for s in shape):
-        raise TypeError(f"shape must be a sequence of non-negative integers; got {shape!r}")
-    if any(s < 0 for s in out):
-        raise ValueError(f"shape must be a sequence of non-negative integers; got {shape!r}")
+    out = _check_shape(shape)
     if sample_ids is not None:
         ids_shape = tuple(sample_ids.shape) if hasattr(sample_ids, "shape") else (len(sample_ids),)
         if len(ids_shape) != 1:
@@ -499,9 +490,7 @@ def python_loop(
 
 
 def check_max_steps(max_steps: Any) -> int:
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
-    return int(max_steps)
+    return check_int(max_steps, "max_steps", 1)
 
 
 def budget_message(steps: int, max_steps: int) -> str:

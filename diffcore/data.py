@@ -35,6 +35,7 @@ import numpy as np
 
 from ._array import array_device, array_namespace, check_float_array, check_same_shape, concrete_min_max, default_dtype
 from .analytic import GaussianMixture
+from .checks import check_int
 
 __all__ = [
     "Dataset",
@@ -118,9 +119,7 @@ def _dataset(data: np.ndarray, levels: int | None, name: str, **extra: Any) -> D
 
 # ------------------------------------------------------------------------------ small checks
 def _check_int(value: Any, name: str, low: int, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}{what}; got {value!r}")
-    return int(value)
+    return check_int(value, name, low)
 
 
 def _check_seed(seed: Any, name: str = "seed") -> int:

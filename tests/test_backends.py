@@ -208,7 +208,7 @@ def test_per_sample_seeding_under_jit():
 
 
 def test_bad_random_arguments(bk):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer; got -1"):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0; got -1"):
         bk.key(-1)
     with pytest.raises(ValueError, match="sample_ids has 3 entries, but shape \\(4, 2\\)"):
         bk.normal(bk.key(0), (4, 2), sample_ids=bk.xp.asarray([0, 1, 2]))
@@ -361,7 +361,7 @@ def test_while_loop_budget_overrun_reports_the_steps(bk):
     assert info.value.steps == 7
     if info.value.state is not None:
         assert int(info.value.state.n) == 7
-    with pytest.raises(ValueError, match="max_steps must be a positive integer; got 0"):
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1; got 0"):
         bk.while_loop(_below(1), _count_up, make_state(bk), max_steps=0)
 
 

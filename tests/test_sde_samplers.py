@@ -563,7 +563,7 @@ def test_bad_input():
         (ValueError, "norm must be one of 'per_sample', 'batch_mean'; got 'l1'", dict(norm="l1")),
         (ValueError, "steps must be an integer >= 1; got 0", dict(steps=0)),
         (ValueError, r"steps must be an integer >= 2 .*; got 1", dict(steps=1)),
-        (ValueError, "steps must be an integer >= 1; got 2.5", dict(steps=2.5)),
+        (TypeError, "steps must be an integer; got 2.5", dict(steps=2.5)),
         (ValueError, "snr must be a positive number; got 0", dict(snr=0)),
         (ValueError, "snr must be a positive number; got -0.1", dict(snr=-0.1)),
         (TypeError, "snr must be a positive number; got 'high'", dict(snr="high")),

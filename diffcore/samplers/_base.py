@@ -20,7 +20,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._array import array_device, array_namespace, as_xp, default_dtype
-from ..parametrization import PREDICTIONS, to_eps, to_score, to_x0
+from ..checks import check_choice, check_int, check_positive, check_prediction
+from ..parametrization import to_eps, to_score, to_x0
 
 __all__ = [
     "Sampler",
@@ -192,29 +193,8 @@ def model_score(model, args: ModelArgs, x, t_in, alpha, sigma, prediction: str) 
 
 
 def check_steps(steps: Any, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {steps!r}")
-    return int(steps)
-
-
-def check_choice(value: Any, allowed: tuple, name: str) -> Any:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
-
-
-def check_positive(value: Any, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number; got {value!r}") from None
-    if not v > 0 or not np.isfinite(v):
-        raise ValueError(f"{name} must be a positive number; got {value!r}")
-    return v
-
-
-def check_prediction(prediction: str) -> str:
-    return check_choice(prediction, PREDICTIONS, "prediction")
+    """A number of steps: an integer >= 1 (:func:`diffcore.checks.check_int`)."""
+    return check_int(steps, name, 1)
 
 
 def resolve_prediction(model: Any, process: Any, prediction: str | None, fallback: str) -> str:
