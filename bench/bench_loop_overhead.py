@@ -17,7 +17,9 @@ the sampler's own arithmetic, its noise and its loop):
 Each run includes the prior draw and ends with the result on the host side (JAX: blocked until
 ready). The contenders of a framework run alternately, one run each per repeat, so that other
 processes' load affects them alike; the table keeps the best run of each. Ratios are to the
-hand-written loop of the same framework. Before timing, the hand-written torch loop is checked
+hand-written loop of the same framework: "ratio" of the best runs, "median" the median over
+repeats of the ratio of the two runs of one repeat (more robust when other processes load the
+machine unevenly). Before timing, the hand-written torch loop is checked
 against diffcore's with diffcore's noise fed to it (same math: outputs agree to float32 rounding).
 JAX compiles once, in the warm-up, outside the timings. Nothing is asserted beyond that check.
 """
@@ -63,15 +65,15 @@ def coefficients(d: GaussianDiffusion) -> list[tuple[int, float, float, float, f
     return list(zip(*(c.tolist() for c in cols)))
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Best wall time of each contender; one run of each per repeat, in turn."""
-    best = {name: float("inf") for name in contenders}
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each contender's runs; one run of each per repeat, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
             t0 = time.perf_counter()
             run()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 # ------------------------------------------------------------------------------------------ torch
@@ -174,11 +176,16 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
 # ------------------------------------------------------------------------------------------- main
 
 
-def report(framework: str, best: dict[str, float], reference: str, steps: int) -> None:
-    for name, seconds in best.items():
+def report(framework: str, times: dict[str, list[float]], reference: str, steps: int) -> None:
+    """One row per contender: best run, per step, ratio of best runs, median of the per-repeat
+    ratios (runs of one repeat ran back to back, under about the same load)."""
+    ref = times[reference]
+    for name, runs in times.items():
+        best = min(runs)
+        paired = float(np.median([r / q for r, q in zip(runs, ref)]))
         print(
-            f"| {framework:<5} | {name:<28} | {1e3 * seconds:>9.1f} | {1e6 * seconds / steps:>8.1f} |"
-            f" {seconds / best[reference]:>5.2f} |"
+            f"| {framework:<5} | {name:<28} | {1e3 * best:>9.1f} | {1e6 * best / steps:>8.1f} |"
+            f" {best / min(ref):>5.2f} | {paired:>6.2f} |"
         )
 
 
@@ -215,8 +222,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs visible")
     print("versions: " + ", ".join(versions) + f"; diffcore from {Path(diffcore.__file__).parent}")
     print()
-    print(f"| {'fw':<5} | {'contender':<28} | {'ms / run':>9} | {'us/step':>8} | {'ratio':>5} |")
-    print(f"|{'-' * 7}|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 7}|")
+    print(f"| {'fw':<5} | {'contender':<28} | {'ms / run':>9} | {'us/step':>8} | {'ratio':>5} | {'median':>6} |")
+    print(f"|{'-' * 7}|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 7}|{'-' * 8}|")
 
     t_contenders = torch_contenders(d, steps, not args.no_diffusers)
     for run in t_contenders.values():  # warm-up
