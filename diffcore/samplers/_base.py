@@ -108,27 +108,23 @@ def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
 
     Carried through the loop and raised after it: no host sync per step.
 
-    The test is exact, in both directions. Where isfinite is slow (torch: four elementwise kernels,
-    ``x == x``, ``abs``, ``!= inf``, ``*``, and their temporaries; docs/performance.md) it is one sum instead: ``value - value`` is exactly 0
-    where ``value`` is finite and NaN where it is inf or NaN, so its sum is exactly 0 for a finite
-    ``value`` (it cannot overflow, unlike a sum of ``value`` itself, which is inf for finite
-    float32 entries around 3.4e38 / size) and NaN otherwise; ``s != s`` is the NaN test. Elsewhere
+    The test is exact, in both directions. On torch, whose isfinite is four elementwise kernels
+    (``x == x``, ``abs``, ``!= inf``, ``*``) and their temporaries, it is one sum instead
+    (docs/performance.md): ``value - value`` is exactly 0 where ``value`` is finite and NaN where
+    it is inf or NaN, so its sum is exactly 0 for a finite ``value`` -- it cannot overflow, unlike
+    a sum of ``value`` itself, which is inf for finite float32 entries near 3.4e38 / size -- and
+    NaN otherwise; ``s != s`` is the NaN test. That branch calls tensor methods: array_api_compat's
+    wrappers of sum and where cost more than the kernels on a state of this size. Elsewhere
     (NumPy, array_api_strict, XLA) ``all(isfinite(value))`` is already one cheap pass.
     """
     xp = array_namespace(value)
-    if _sum_check(xp):
-        s = xp.sum(value - value)
-        bad = s != s
-    else:
-        bad = ~xp.all(xp.isfinite(value))
-    if getattr(index, "dtype", None) != bad_step.dtype:
-        index = xp.astype(index, bad_step.dtype)
-    return xp.where(bad & (bad_step < 0), index, bad_step)
-
-
-def _sum_check(xp: Any) -> bool:
-    """Whether ``flag_nonfinite`` tests a sum rather than isfinite in namespace ``xp``."""
-    return is_torch_namespace(xp)
+    if is_torch_namespace(xp):
+        s = (value - value).sum()
+        if index.dtype != bad_step.dtype:
+            index = index.to(bad_step.dtype)
+        return index.where((s != s) & (bad_step < 0), bad_step)
+    bad = xp.logical_not(xp.all(xp.isfinite(value)))
+    return xp.where(xp.logical_and(bad_step < 0, bad), xp.astype(index, bad_step.dtype), bad_step)
 
 
 def initial_flag(x: Any) -> Any:
