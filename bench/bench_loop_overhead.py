@@ -16,10 +16,11 @@ the sampler's own arithmetic, its noise and its loop):
 
 Each run includes the prior draw and ends with the result on the host side (JAX: blocked until
 ready). The contenders of a framework run alternately, one run each per repeat, so that other
-processes' load affects them alike; the table keeps the best run of each. Ratios are to the
-hand-written loop of the same framework: "ratio" of the best runs, "median" the median over
-repeats of the ratio of the two runs of one repeat (more robust when other processes load the
-machine unevenly). Before timing, the hand-written torch loop is checked
+processes' load affects them alike; the table keeps the best run of each, in wall time and in
+this process's CPU time (which leaves out the time other processes hold the cores: on a shared,
+loaded machine it is the steadier of the two). Ratios are to the hand-written loop of the same
+framework: "wall x" of the best wall times, "CPU x" of the best CPU times, "median x" the median
+over repeats of the wall-time ratio of the two runs of one repeat. Before timing, the hand-written torch loop is checked
 against diffcore's with diffcore's noise fed to it (same math: outputs agree to float32 rounding).
 JAX compiles once, in the warm-up, outside the timings. Nothing is asserted beyond that check.
 """
@@ -65,14 +66,14 @@ def coefficients(d: GaussianDiffusion) -> list[tuple[int, float, float, float, f
     return list(zip(*(c.tolist() for c in cols)))
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall times of each contender's runs; one run of each per repeat, in turn."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each contender's runs; one run of each per repeat, in turn."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             run()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
     return times
 
 
@@ -176,16 +177,18 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
 # ------------------------------------------------------------------------------------------- main
 
 
-def report(framework: str, times: dict[str, list[float]], reference: str, steps: int) -> None:
-    """One row per contender: best run, per step, ratio of best runs, median of the per-repeat
-    ratios (runs of one repeat ran back to back, under about the same load)."""
-    ref = times[reference]
+def report(framework: str, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> None:
+    """One row per contender: best wall and CPU time of a run, CPU per step, and the ratios to the
+    reference: of the best wall times, of the best CPU times, and the median over repeats of the
+    wall-time ratio of the two runs of one repeat (they ran back to back, under about the same load)."""
+    ref_wall = [w for w, _ in times[reference]]
+    ref_cpu = [c for _, c in times[reference]]
     for name, runs in times.items():
-        best = min(runs)
-        paired = float(np.median([r / q for r, q in zip(runs, ref)]))
+        wall, cpu = min(w for w, _ in runs), min(c for _, c in runs)
+        paired = float(np.median([w / r for (w, _), r in zip(runs, ref_wall)]))
         print(
-            f"| {framework:<5} | {name:<28} | {1e3 * best:>9.1f} | {1e6 * best / steps:>8.1f} |"
-            f" {best / min(ref):>5.2f} | {paired:>6.2f} |"
+            f"| {framework:<5} | {name:<28} | {1e3 * wall:>8.1f} | {1e3 * cpu:>8.1f} | {1e6 * cpu / steps:>9.1f} |"
+            f" {wall / min(ref_wall):>6.2f} | {cpu / min(ref_cpu):>6.2f} | {paired:>8.2f} |"
         )
 
 
@@ -222,8 +225,11 @@ def main() -> None:
           f"{os.cpu_count()} CPUs visible")
     print("versions: " + ", ".join(versions) + f"; diffcore from {Path(diffcore.__file__).parent}")
     print()
-    print(f"| {'fw':<5} | {'contender':<28} | {'ms / run':>9} | {'us/step':>8} | {'ratio':>5} | {'median':>6} |")
-    print(f"|{'-' * 7}|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 7}|{'-' * 8}|")
+    print(
+        f"| {'fw':<5} | {'contender':<28} | {'wall ms':>8} | {'CPU ms':>8} | {'CPU us/st':>9} |"
+        f" {'wall x':>6} | {'CPU x':>6} | {'median x':>8} |"
+    )
+    print("|-------|------------------------------|---------:|---------:|----------:|-------:|-------:|---------:|")
 
     t_contenders = torch_contenders(d, steps, not args.no_diffusers)
     for run in t_contenders.values():  # warm-up
