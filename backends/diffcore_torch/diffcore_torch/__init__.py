@@ -8,6 +8,7 @@ Registered in the ``diffcore.backends`` entry-point group as ``torch``; get it w
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 import weakref
 from typing import Any, NamedTuple
@@ -59,6 +60,24 @@ def _compiled(step: Any, options: Any) -> Any:
     if cache_key not in per_step:
         per_step[cache_key] = torch.compile(step, **opts)
     return per_step[cache_key]
+
+
+# One torch.Generator per thread and device, reseeded at every draw: creating one per draw costs
+# twice as much as seeding one (docs/performance.md). Per thread, so that concurrent draws never
+# share a generator between its seeding and its use.
+_GENERATORS = threading.local()
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    if device.type != "cpu" and device.index is None:  # "the current device" may change: no reuse
+        return torch.Generator(device=device)
+    gens = getattr(_GENERATORS, "by_device", None)
+    if gens is None:
+        gens = _GENERATORS.by_device = {}
+    gen = gens.get(device)
+    if gen is None:
+        gen = gens[device] = torch.Generator(device=device)
+    return gen
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,8 +133,8 @@ class TorchBackend:
             raise TypeError(f"dtype must be a torch floating dtype (e.g. torch.float32); got {dtype!r}")
         if sample_ids is not None:
             return per_sample_rows(self, method, key, shape, dtype, sample_ids, device)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(_check_key(key).state)
+        gen = _generator(device)
+        gen.manual_seed(_check_key(key).state)  # resets the whole state: as good as a fresh generator
         return fill(shape, gen, dtype, device)
 
     def normal(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> torch.Tensor:

@@ -1,0 +1,247 @@
+"""The sampling loop's overhead: diffcore's DDPM against hand-written loops, side by side (issue 9).
+
+    PYTHONPATH=.:backends/diffcore_torch:backends/diffcore_jax \\
+        .venv/bin/python bench/bench_loop_overhead.py [--steps 1000] [--repeats 5] [--no-jax] [--no-diffusers]
+
+DDPM ancestral sampling of a (16, 3, 32, 32) float32 batch with a trivial model (x -> 0.1 x) on
+linear betas, on the CPU with one thread (the model costs next to nothing, so what is measured is
+the sampler's own arithmetic, its noise and its loop):
+
+- torch: ``diffcore.sample("ddpm", ..., backend="torch")`` under ``torch.no_grad()``; a
+  hand-written loop with the coefficients precomputed as Python floats and ``torch.randn`` from
+  one generator; diffusers' ``DDPMScheduler`` (``clip_sample=False``, fixed_small variance: the
+  same math) calling ``scheduler.step(model_output, t, sample, generator=g)``.
+- JAX: ``diffcore.sample(..., backend="jax")``; a hand-written jitted ``lax.scan`` with the same
+  math and the same per-step keys (``fold_in(key, i)``).
+
+Each run includes the prior draw and ends with the result on the host side (JAX: blocked until
+ready). The contenders of a framework run alternately, one run each per repeat, so that other
+processes' load affects them alike; the table keeps the best run of each, in wall time and in
+this process's CPU time (which leaves out the time other processes hold the cores: on a shared,
+loaded machine it is the steadier of the two). Ratios are to the hand-written loop of the same
+framework: "wall x" of the best wall times, "CPU x" of the best CPU times, "median x" the median
+over repeats of the wall-time ratio of the two runs of one repeat. Before timing, the hand-written torch loop is checked
+against diffcore's with diffcore's noise fed to it (same math: outputs agree to float32 rounding).
+JAX compiles once, in the warm-up, outside the timings. Nothing is asserted beyond that check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# one thread for XLA too (set before jax is imported; torch is pinned below)
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "backends" / "diffcore_torch", ROOT / "backends" / "diffcore_jax"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import diffcore  # noqa: E402
+from diffcore import GaussianDiffusion  # noqa: E402
+from diffcore.schedules import get_named_beta_schedule  # noqa: E402
+
+SHAPE = (16, 3, 32, 32)
+
+
+def trivial_model(x: Any, t: Any) -> Any:
+    return 0.1 * x
+
+
+def coefficients(d: GaussianDiffusion) -> list[tuple[int, float, float, float, float, float]]:
+    """(t, sqrt(abar), sqrt(1 - abar), coef1, coef2, std) per step, t = T-1 .. 0, as Python floats:
+    the same DDPM step as diffcore's (eps prediction, fixed_small clipped log-variance, no noise at t = 0)."""
+    t = np.arange(d.num_timesteps - 1, -1, -1)
+    std = np.exp(0.5 * d.posterior_log_variance_clipped[t]) * (t > 0)
+    cols = (t, d.sqrt_alphas_cumprod[t], d.sqrt_one_minus_alphas_cumprod[t], d.posterior_mean_coef1[t],
+            d.posterior_mean_coef2[t], std)
+    return list(zip(*(c.tolist() for c in cols)))
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each contender's runs; one run of each per repeat, in turn."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            run()
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    return times
+
+
+# ------------------------------------------------------------------------------------------ torch
+
+
+def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> dict[str, Callable[[], Any]]:
+    import torch
+
+    coefs = coefficients(d)
+    t_vecs = [torch.full((SHAPE[0],), float(c[0])) for c in coefs]  # the model's time input, precomputed too
+
+    def hand(noise: Callable[[int, Any], Any] | None = None, x_T: Any = None) -> Any:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(SHAPE, generator=g) if x_T is None else x_T
+            for i, ((_, a, s, c1, c2, std), t_in) in enumerate(zip(coefs, t_vecs)):
+                eps = trivial_model(x, t_in)
+                x0 = (x - s * eps) / a
+                z = torch.randn(SHAPE, generator=g) if noise is None else noise(i, x)
+                x = c1 * x0 + c2 * x + std * z
+            return x
+
+    def ours() -> Any:
+        with torch.no_grad():
+            return diffcore.sample("ddpm", trivial_model, d, SHAPE, backend="torch", seed=0).x
+
+    # same math: diffcore's result from the hand-written loop fed diffcore's own noise
+    bk = diffcore.backend("torch")
+    key = bk.key(0)
+    loop_key = bk.fold_in(key, 1)
+    x_T = bk.normal(bk.fold_in(key, 0), SHAPE, torch.float32)
+    want = hand(lambda i, x: bk.normal(bk.fold_in(loop_key, i), (SHAPE[0], 1) + SHAPE[1:], x.dtype)[:, 0], x_T)
+    got = ours()
+    err = float((got - want).abs().max() / want.abs().max())
+    if not err < 1e-4:
+        raise AssertionError(f"the hand-written torch loop does not compute diffcore's DDPM (relative error {err:.3g})")
+
+    contenders = {"diffcore (torch)": ours, "hand-written torch loop": hand}
+    if use_diffusers:
+        try:
+            from diffusers import DDPMScheduler
+        except ImportError as exc:  # pragma: no cover - optional
+            print(f"diffusers: skipped ({exc})")
+        else:
+            scheduler = DDPMScheduler(
+                num_train_timesteps=steps, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                variance_type="fixed_small", clip_sample=False, prediction_type="epsilon",
+            )
+            scheduler.set_timesteps(steps)
+
+            def diffusers_loop() -> Any:
+                with torch.no_grad():
+                    g = torch.Generator().manual_seed(0)
+                    x = torch.randn(SHAPE, generator=g)
+                    for t in scheduler.timesteps:
+                        x = scheduler.step(trivial_model(x, t), t, x, generator=g).prev_sample
+                    return x
+
+            contenders["diffusers DDPMScheduler"] = diffusers_loop
+    return contenders
+
+
+# -------------------------------------------------------------------------------------------- JAX
+
+
+def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    coefs = np.asarray(coefficients(d), dtype=np.float32).T  # (6, T)
+
+    @jax.jit
+    def hand_jit(key, coefs):
+        x = jax.random.normal(jax.random.fold_in(key, 0), SHAPE, jnp.float32)
+        loop_key = jax.random.fold_in(key, 1)
+
+        def body(x, c):
+            i, t, a, s, c1, c2, std = c
+            eps = trivial_model(x, jnp.broadcast_to(t, (SHAPE[0],)))
+            x0 = (x - s * eps) / a
+            z = jax.random.normal(jax.random.fold_in(loop_key, i), SHAPE, jnp.float32)
+            return c1 * x0 + c2 * x + std * z, None
+
+        x, _ = lax.scan(body, x, (jnp.arange(coefs.shape[1]),) + tuple(coefs))
+        return x
+
+    key = jax.random.key(0)
+    coefs_j = jnp.asarray(coefs)
+
+    def hand() -> Any:
+        return jax.block_until_ready(hand_jit(key, coefs_j))
+
+    def ours() -> Any:
+        return jax.block_until_ready(diffcore.sample("ddpm", trivial_model, d, SHAPE, backend="jax", seed=0).x)
+
+    return {"diffcore (jax)": ours, "hand-written jitted lax.scan": hand}
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def report(framework: str, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> None:
+    """One row per contender: best wall and CPU time of a run, CPU per step, and the ratios to the
+    reference: of the best wall times, of the best CPU times, and the median over repeats of the
+    wall-time ratio of the two runs of one repeat (they ran back to back, under about the same load)."""
+    ref_wall = [w for w, _ in times[reference]]
+    ref_cpu = [c for _, c in times[reference]]
+    for name, runs in times.items():
+        wall, cpu = min(w for w, _ in runs), min(c for _, c in runs)
+        paired = float(np.median([w / r for (w, _), r in zip(runs, ref_wall)]))
+        print(
+            f"| {framework:<5} | {name:<28} | {1e3 * wall:>8.1f} | {1e3 * cpu:>8.1f} | {1e6 * cpu / steps:>9.1f} |"
+            f" {wall / min(ref_wall):>6.2f} | {cpu / min(ref_cpu):>6.2f} | {paired:>8.2f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000, help="DDPM steps (= the schedule's T; default 1000)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each contender; the best is kept (default 5)")
+    parser.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
+    parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers' DDPMScheduler")
+    args = parser.parse_args()
+    steps, repeats = args.steps, args.repeats
+
+    import torch
+
+    torch.set_num_threads(1)
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", steps))
+    versions = [f"python {platform.python_version()}", f"numpy {np.__version__}", f"torch {torch.__version__}"]
+    try:
+        import diffusers
+
+        versions.append(f"diffusers {diffusers.__version__}")
+    except ImportError:
+        pass
+    jax = None
+    if not args.no_jax:
+        try:
+            import jax
+
+            versions.append(f"jax {jax.__version__}")
+        except ImportError as exc:
+            print(f"jax: skipped ({exc})")
+    print(f"DDPM, {steps} steps, batch {SHAPE} float32, model x -> 0.1 x, CPU; best of {repeats} interleaved runs")
+    print(f"torch threads: {torch.get_num_threads()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {platform.machine()}, "
+          f"{os.cpu_count()} CPUs visible")
+    print("versions: " + ", ".join(versions) + f"; diffcore from {Path(diffcore.__file__).parent}")
+    print()
+    print(
+        f"| {'fw':<5} | {'contender':<28} | {'wall ms':>8} | {'CPU ms':>8} | {'CPU us/st':>9} |"
+        f" {'wall x':>6} | {'CPU x':>6} | {'median x':>8} |"
+    )
+    print("|-------|------------------------------|---------:|---------:|----------:|-------:|-------:|---------:|")
+
+    t_contenders = torch_contenders(d, steps, not args.no_diffusers)
+    for run in t_contenders.values():  # warm-up
+        run()
+    report("torch", interleaved(t_contenders, repeats), "hand-written torch loop", steps)
+
+    if jax is not None:
+        j_contenders = jax_contenders(d)
+        for run in j_contenders.values():  # warm-up: compiles
+            run()
+        report("jax", interleaved(j_contenders, repeats), "hand-written jitted lax.scan", steps)
+
+
+if __name__ == "__main__":
+    main()
