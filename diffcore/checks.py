@@ -154,6 +154,8 @@ def check_prediction(prediction: Any, name: str = "prediction") -> str:
     """One of :data:`diffcore.parametrization.PREDICTIONS` ("eps", "x0", "v", "score", "scaled_score")."""
     from .parametrization import PREDICTIONS
 
+    if type(prediction) is str and prediction in PREDICTIONS:  # the fast path: called inside loops
+        return prediction
     return check_choice(prediction, PREDICTIONS, name)
 
 
@@ -173,6 +175,8 @@ def check_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
     is integral (4.0), never rounded (``(4, 2.7)`` is a ``TypeError``); bools, strings, None and a
     bare int are refused.
     """
+    if type(shape) is tuple and all(type(s) is int and s >= 0 for s in shape):  # the fast path (per draw)
+        return shape
     if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, np.ndarray)) or _is_bool(shape):
         raise TypeError(f"{name} must be a tuple of non-negative integers; got {_describe(shape)}")
     out = []

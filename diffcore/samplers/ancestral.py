@@ -53,6 +53,11 @@ class DDPMPlan(NamedTuple):
     noise_scale: np.ndarray
     alpha_next: np.ndarray
     sigma_next: np.ndarray
+    # the fixed-variance step as one affine map, x_next = c_x x + c_out output + std z (derived in
+    # float64 on the host: no per-step arithmetic on 0-d coefficients)
+    c_x: np.ndarray
+    c_out: np.ndarray
+    std: np.ndarray
 
 
 def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, prediction=None) -> Sampler:
@@ -72,6 +77,11 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
         "fixed_small": chain.posterior_log_variance_clipped,
         "fixed_large": chain.fixed_large_log_variance,
     }.get(var_type, chain.posterior_log_variance_clipped)
+    alpha, sigma = chain.sqrt_alphas_cumprod[t], chain.sqrt_one_minus_alphas_cumprod[t]
+    coef1, coef2 = chain.posterior_mean_coef1[t], chain.posterior_mean_coef2[t]
+    # x_0 is affine in (x, output) for every prediction: x_0 = a x + b output
+    a = np.asarray(to_x0(np.zeros_like(alpha), prediction, np.ones_like(alpha), alpha, sigma), dtype=np.float64)
+    b = np.asarray(to_x0(np.ones_like(alpha), prediction, np.zeros_like(alpha), alpha, sigma), dtype=np.float64)
     plan = DDPMPlan(
         index=np.arange(T),
         t_in=np.asarray(chain.model_time(t)),
@@ -85,14 +95,21 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
         noise_scale=(t > 0).astype(np.float64),
         alpha_next=np.sqrt(chain.alphas_cumprod_prev[t]),
         sigma_next=np.sqrt(1.0 - chain.alphas_cumprod_prev[t]),
+        c_x=coef1 * a + coef2,
+        c_out=coef1 * b,
+        std=(t > 0) * np.exp(0.5 * fixed[t]),
     )
     learned = var_type in ("learned", "learned_range")
+    affine = not learned and not clip_denoised
 
     def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = DDPMPlan(*plan_i)
         xp = array_namespace(state.x)
         x = state.x
         output = call_model(model, args, x, p.t_in, learned)
+        if affine:  # the common case in one fused expression (it costs a third of a trivial model's step)
+            x_next = p.c_x * x + p.c_out * output + p.std * noise_i[:, 0, ...]
+            return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
         if learned:
             mean_out, var_out = split_learned_variance(output, x.shape[1])
             if var_type == "learned":

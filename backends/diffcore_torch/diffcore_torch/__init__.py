@@ -200,6 +200,8 @@ class TorchBackend:
     def device(self, spec: Any = None) -> torch.device:
         if spec is None:
             return torch.get_default_device()
+        if type(spec) is torch.device and spec.type == "cpu":  # the fast path: loops draw on the state's device
+            return spec
         try:
             dev = spec if isinstance(spec, torch.device) else torch.device(spec)
         except (RuntimeError, TypeError) as exc:
