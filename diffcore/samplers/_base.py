@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-from array_api_compat import is_torch_namespace
+from array_api_compat import is_torch_array
 
 from .._array import array_device, array_namespace, as_xp, default_dtype
 from ..checks import check_choice, check_int, check_positive, check_prediction
@@ -125,8 +125,10 @@ def call_model(model: Callable[..., Any], args: ModelArgs, x: Any, t_in: Any, le
     (1, D) or scalar output would otherwise broadcast silently into the samples. The check reads
     shapes only, so it costs nothing inside a compiled loop.
     """
-    xp = array_namespace(x)
-    t_vec = xp.broadcast_to(t_in, (x.shape[0],))
+    if is_torch_array(t_in):  # a view, without array_api_compat's dispatch (per step on eager torch)
+        t_vec = t_in.expand(x.shape[0])
+    else:
+        t_vec = array_namespace(x).broadcast_to(t_in, (x.shape[0],))
     out = model(args.weights, x, t_vec, args.cond)
     check_output_shape(out, x, learned_variance)
     return out
@@ -168,12 +170,12 @@ def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
     wrappers of sum and where cost more than the kernels on a state of this size. Elsewhere
     (NumPy, array_api_strict, XLA) ``all(isfinite(value))`` is already one cheap pass.
     """
-    xp = array_namespace(value)
-    if is_torch_namespace(xp):
+    if is_torch_array(value):
         s = (value - value).sum()
         if index.dtype != bad_step.dtype:
             index = index.to(bad_step.dtype)
         return index.where((s != s) & (bad_step < 0), bad_step)
+    xp = array_namespace(value)
     bad = xp.logical_not(xp.all(xp.isfinite(value)))
     return xp.where(xp.logical_and(bad_step < 0, bad), xp.astype(index, bad_step.dtype), bad_step)
 

@@ -104,12 +104,12 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
 
     def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = DDPMPlan(*plan_i)
-        xp = array_namespace(state.x)
         x = state.x
         output = call_model(model, args, x, p.t_in, learned)
         if affine:  # the common case in one fused expression (it costs a third of a trivial model's step)
             x_next = p.c_x * x + p.c_out * output + p.std * noise_i[:, 0, ...]
             return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
+        xp = array_namespace(x)
         if learned:
             mean_out, var_out = split_learned_variance(output, x.shape[1])
             if var_type == "learned":
