@@ -269,6 +269,19 @@ def check_same_namespace(**arrays: Any) -> Any:
     return first_ns
 
 
+def check_unit_range(x: Any, name: str, why: str, hint: str = "") -> None:
+    """Raise ValueError if a concrete ``x`` has values outside [-1, 1] or NaN (skipped for traced arrays).
+
+    ``why`` says what needs the range (in the message after "[-1, 1]"), ``hint`` what to do instead.
+    """
+    lo_hi = concrete_min_max(x)
+    if lo_hi is None:
+        return
+    lo, hi = (float(v) for v in lo_hi)
+    if not (lo >= -1.0 and hi <= 1.0):  # also catches NaN
+        raise ValueError(f"{name} must lie in [-1, 1] {why}; got values from {lo:g} to {hi:g}{hint}")
+
+
 def check_finite(x: Any, name: str, error: type = ValueError, where: str = "") -> None:
     """Raise ``error`` if a concrete ``x`` holds NaN or infinity (skipped for traced arrays)."""
     lo_hi = concrete_min_max(x)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._array import array_device, array_namespace, check_float_array, check_same_shape, concrete_min_max, default_dtype
 from .analytic import GaussianMixture
-from .checks import check_int
+from .checks import check_int, check_unit_range
 
 __all__ = [
     "Dataset",
@@ -197,14 +197,7 @@ def to_levels(x: Any, levels: int, clip: bool = False) -> Any:
     if clip:
         x = xp.clip(x, -1.0, 1.0)
     else:
-        lo_hi = concrete_min_max(x)
-        if lo_hi is not None:
-            lo, hi = (float(v) for v in lo_hi)
-            if not (lo >= -1.0 and hi <= 1.0):  # also catches NaN
-                raise ValueError(
-                    f"x must lie in [-1, 1] to map to {L} levels; got values from {lo:g} to {hi:g} "
-                    f"(pass clip=True to clip model samples first)"
-                )
+        check_unit_range(x, "x", f"to map to {L} levels", " (pass clip=True to clip model samples first)")
     return xp.astype(xp.round((x + 1.0) * ((L - 1) / 2)), xp.int64)
 
 
@@ -221,11 +214,7 @@ def dequantize(x: Any, u: Any, levels: int = 256) -> Any:
     xp = check_float_array(x, "x")
     check_float_array(u, "u")
     check_same_shape(x, u, "x", "u")
-    lo_hi = concrete_min_max(x)
-    if lo_hi is not None:
-        lo, hi = (float(v) for v in lo_hi)
-        if not (lo >= -1.0 and hi <= 1.0):
-            raise ValueError(f"x must lie in [-1, 1] (L-level data from to_unit); got values from {lo:g} to {hi:g}")
+    check_unit_range(x, "x", "(L-level data from to_unit)")
     lo_hi = concrete_min_max(u)
     if lo_hi is not None and not (float(lo_hi[0]) >= 0.0 and float(lo_hi[1]) < 1.0):
         raise ValueError(f"u must hold uniform draws in [0, 1); got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g}")

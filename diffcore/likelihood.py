@@ -42,7 +42,7 @@ from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, check_backend_array
 from .diffusion import GaussianDiffusion
-from .checks import check_bool, check_callable, check_int
+from .checks import check_bool, check_callable, check_finite, check_int, check_unit_range
 from .models import split_model
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
@@ -83,14 +83,7 @@ def bits_per_dim(nll_nats: Any, num_dims: int, offset: float = 0.0) -> Any:
 
 
 def _check_8bit_range(x: Any) -> None:
-    lo_hi = concrete_min_max(x)
-    if lo_hi is not None:
-        lo, hi = (float(v) for v in lo_hi)
-        if not (lo >= -1.0 and hi <= 1.0):  # also catches NaN
-            raise ValueError(
-                f"x must lie in [-1, 1] for 8-bit dequantisation (data scaled as pixel / 127.5 - 1); "
-                f"got values from {lo:g} to {hi:g}"
-            )
+    check_unit_range(x, "x", "for 8-bit dequantisation (data scaled as pixel / 127.5 - 1)")
 
 
 def dequantize(x: Any, u: Any) -> Any:
@@ -505,16 +498,12 @@ def vlb_bpd(
     T = diffusion.num_timesteps
     if stride >= T:
         raise ValueError(f"stride must be smaller than the number of steps {T}; got {stride}")
-    lo_hi = concrete_min_max(x)
-    if lo_hi is not None:
-        lo, hi = (float(v) for v in lo_hi)
-        if decoder == "discretized" and not (lo >= -1.0 and hi <= 1.0):  # NaN fails too
-            raise ValueError(
-                f"x must lie in [-1, 1] for decoder='discretized' (8-bit data scaled as pixel / 127.5 - 1); got "
-                f"values from {lo:g} to {hi:g}: scale the data to [-1, 1], or use decoder='gaussian' for real-valued data"
-            )
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"x must be finite; got values from {lo:g} to {hi:g}")
+    if decoder == "discretized":
+        check_unit_range(
+            x, "x", "for decoder='discretized' (8-bit data scaled as pixel / 127.5 - 1)",
+            ": scale the data to [-1, 1], or use decoder='gaussian' for real-valued data",
+        )
+    check_finite(x, "x")
     device = array_device(x)
     idx = default_dtype(xp, "indexing", device)
     # the bound is summed in at least float32: in float16 the small per-step terms are lost
