@@ -211,7 +211,7 @@ def dequantize(x: Any, u: Any, levels: int = 256) -> Any:
     Add :func:`bits_per_dim_offset` (L) to the bits/dim of a density on y.
     """
     L = _check_levels(levels)
-    xp = check_float_array(x, "x")
+    check_float_array(x, "x")
     check_float_array(u, "u")
     check_same_shape(x, u, "x", "u")
     check_unit_range(x, "x", "(L-level data from to_unit)")
