@@ -404,3 +404,157 @@ def test_config_errors_name_the_argument():
         UNetConfig(**SMALL, dropout=1.5)
     with pytest.raises(WeightsError, match="missing"):
         check_weights(MLPConfig(), {})
+
+
+# --------------------------------------------------------------------------------------------
+# flax nnx: outputs against diffusers, gradients against torch
+# --------------------------------------------------------------------------------------------
+
+# Compile the test functions with XLA's cheap optimisation level: on this project's shared 2-core
+# machines a fully optimised compile of a small U-Net's gradient takes ~30 s; results are the same
+# computation to float32 rounding.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@pytest.fixture(scope="module")
+def jax_modules():
+    jax = pytest.importorskip("jax")
+    nnx = pytest.importorskip("flax.nnx")
+    from diffcore_jax import networks as jnet
+
+    return jax, nnx, jnet
+
+
+def jax_unet(jax_modules, config, weights):
+    _, nnx, jnet = jax_modules
+    return jnet.from_numpy(jnet.UNet2D, config, weights)
+
+
+def jax_forward(jax_modules, model, x, t, cond):
+    """Forward pass with the state as a traced argument of a jitted function (split / merge)."""
+    jax, nnx, _ = jax_modules
+    graphdef, state = nnx.split(model)
+    f = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c), compiler_options=FAST_COMPILE)
+    return np.asarray(f(state, x, t, cond))
+
+
+@pytest.mark.parametrize("name", ["pad1_three_levels", "fourier_no_mid_attention", "multihead_scale_shift_pad0"])
+def test_jax_outputs_match_diffusers(jax_modules, name):
+    config = CONFIGS[name]
+    ref = diffusers_unet(config)
+    model = jax_unet(jax_modules, config, state_numpy(ref))
+    x, t, cond = inputs(config)
+    want = diffusers_forward(ref, x, t, cond)
+    np.testing.assert_allclose(jax_forward(jax_modules, model, x, t, cond), want, rtol=0, atol=TOL)
+
+
+def test_jax_state_paths_cover_the_layout(jax_modules):
+    jax, nnx, jnet = jax_modules
+    for config in CONFIGS.values():
+        model = jnet.UNet2D(config, rngs=nnx.Rngs(0))
+        params = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, jnet.FrozenParam)))}
+        paths = jnet.state_paths(config)
+        assert sorted(map(str, params)) == sorted(str(p) for p, _ in paths.values())
+        for entry in layout(config):
+            path, storage = paths[entry.name]
+            want = entry.shape if storage.perm is None else tuple(entry.shape[i] for i in storage.perm)
+            assert params[path].shape == want, entry.name
+
+
+def test_torch_and_jax_agree_on_outputs_and_gradients(jax_modules):
+    """The class-conditioned, learned-variance network (attention in the down, mid and up paths):
+    outputs agree with diffusers and each other; gradients of mean(out^2) w.r.t. the input and every
+    parameter agree to 1e-4 x max|g| per tensor (compared in torch layout)."""
+    jax, nnx, jnet = jax_modules
+    import jax.numpy as jnp
+
+    config = CONFIGS["class_cond_learned_var"]
+    ref = diffusers_unet(config)
+    weights = state_numpy(ref)
+    x, t, cond = inputs(config)
+
+    net = tnet.UNet2D(config)
+    tnet.load_numpy_weights(net, weights)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = net(xt, torch.as_tensor(t), torch.as_tensor(cond))
+    (out_t**2).mean().backward()
+    grads_t = {k: p.grad.numpy() for k, p in net.named_parameters()}
+
+    model = jax_unet(jax_modules, config, weights)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, x):
+        out = nnx.merge(graphdef, p, rest)(x, t, cond)
+        return jnp.mean(out**2), out
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), compiler_options=FAST_COMPILE)
+    (_, out_j), (grads_p, grad_x) = step(params, jnp.asarray(x))
+    out_j = np.asarray(out_j)
+
+    want = diffusers_forward(ref, x, t, cond)
+    np.testing.assert_allclose(out_j, want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out_t.detach().numpy(), out_j, rtol=0, atol=TOL)
+
+    grads_j = jnet.state_to_numpy(config, grads_p)
+    assert list(grads_j) == list(grads_t) == [e.name for e in layout(config)]
+    pairs = [("input", xt.grad.numpy(), np.asarray(grad_x))] + [(k, grads_t[k], grads_j[k]) for k in grads_t]
+    largest = max(np.abs(gt).max() for _, gt, _ in pairs)
+    for name, gt, gj in pairs:
+        if name.endswith("to_k.bias"):
+            # softmax(q (k + b)^T) does not depend on the key bias b: its gradient is zero and
+            # both frameworks return float32 rounding noise, which no per-tensor scale bounds.
+            assert max(np.abs(gt).max(), np.abs(gj).max()) <= 1e-6 * largest, name
+            continue
+        assert np.abs(gt - gj).max() <= 1e-4 * np.abs(gt).max(), name
+
+
+def test_jax_errors_name_the_problem(jax_modules):
+    _, nnx, jnet = jax_modules
+    model = jnet.UNet2D(CONFIGS["pad1_three_levels"], rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(1, 3, 6, 8\).*multiples of 4"):
+        model(np.zeros((1, 3, 6, 8), np.float32), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match=r"sample has 2 channels.*in_channels=3"):
+        model(np.zeros((1, 2, 8, 8), np.float32), np.ones(1, np.float32))
+    before = jnet.to_numpy_weights(model)
+    bad = dict(before)
+    bad["conv_in.weight"] = np.zeros((16, 3, 1, 3), np.float32)
+    with pytest.raises(WeightsError, match=r"conv_in.weight: expected shape \(16, 3, 3, 3\), found \(16, 3, 1, 3\)"):
+        jnet.load_numpy_weights(model, bad)
+    after = jnet.to_numpy_weights(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------------------------
+# MLP
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [None, 4])
+def test_mlp_torch_and_jax_agree(jax_modules, classes):
+    _, nnx, jnet = jax_modules
+    config = MLPConfig(data_dim=2, hidden_dim=32, num_layers=2, time_embed_dim=16, num_class_embeds=classes)
+    net = tnet.MLP(config)
+    weights = tnet.to_numpy_weights(net)
+    assert [(k, v.shape) for k, v in weights.items()] == [(e.name, e.shape) for e in layout(config)]
+    model = jnet.MLP(config, rngs=nnx.Rngs(1))
+    jnet.load_numpy_weights(model, weights)
+    assert all(np.array_equal(jnet.to_numpy_weights(model)[k], v) for k, v in weights.items())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2)).astype(np.float32)
+    t = rng.uniform(0, 1, 5).astype(np.float32)
+    cond = None if classes is None else np.array([0, 1, 2, 3, 1])
+    with torch.no_grad():
+        want = net(torch.as_tensor(x), torch.as_tensor(t), None if cond is None else torch.as_tensor(cond)).numpy()
+    np.testing.assert_allclose(np.asarray(model(x, t, cond)), want, rtol=0, atol=TOL)
+
+
+def test_jax_dropout_only_in_training_mode(jax_modules):
+    _, nnx, jnet = jax_modules
+    config = MLPConfig(hidden_dim=16, num_layers=2, dropout=0.5)
+    model = jnet.MLP(config, rngs=nnx.Rngs(0))
+    x, t = np.ones((4, 2), np.float32), np.full(4, 0.5, np.float32)
+    np.testing.assert_array_equal(np.asarray(model(x, t)), np.asarray(model(x, t)))
+    model.train()
+    assert not np.array_equal(np.asarray(model(x, t)), np.asarray(model(x, t)))
+    model.eval()
+    np.testing.assert_array_equal(np.asarray(model(x, t)), np.asarray(model(x, t)))
