@@ -39,7 +39,17 @@ from diffcore.networks import (
 )
 from diffcore.networks.layout import NNX_STORAGE, AttentionPlan, BlockPlan, ResnetPlan, Storage
 
-__all__ = ["UNet2D", "MLP", "FrozenParam", "state_paths", "state_to_numpy", "to_numpy_weights", "from_numpy", "load_numpy_weights", "make_dropout"]
+__all__ = [
+    "UNet2D",
+    "MLP",
+    "FrozenParam",
+    "make_dropout",
+    "state_paths",
+    "state_to_numpy",
+    "to_numpy_weights",
+    "load_numpy_weights",
+    "from_numpy",
+]
 
 
 class FrozenParam(nnx.Variable):
@@ -425,7 +435,7 @@ def load_numpy_weights(model: nnx.Module, weights: Mapping[str, Any]) -> None:
     checked = check_weights(model.config, weights)
     variables = _variables(model)
     entries = layout(model.config)
-    extra = sorted(set(variables) - {nnx_path(e) for e in entries})
+    extra = sorted(map(str, set(variables) - {nnx_path(e) for e in entries}))
     if extra:  # the module and the layout disagree: a bug, not bad input
         raise RuntimeError(f"nnx state has paths outside the layout: {extra}")
     staged = []
