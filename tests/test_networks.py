@@ -392,6 +392,21 @@ def test_truncated_and_corrupted_safetensors_are_named(tmp_path):
     path.write_bytes((10**12).to_bytes(8, "little") + blob[8:])
     with pytest.raises(SafetensorsError, match=r"header length .* exceeds the file size"):
         read_safetensors(path)
+    path.write_bytes(blob + b"\0" * 8)
+    with pytest.raises(SafetensorsError, match=r"8 bytes after the last tensor"):
+        read_safetensors(path)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"] = [o + 4 for o in header[name]["data_offsets"]]
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+    with pytest.raises(SafetensorsError, match=rf"tensor '{name}' starts at data byte \d+ and (overlaps|leaves a gap)"):
+        read_safetensors(path)
+    path.unlink()
+    (tmp_path / "m" / "diffusion_pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"only diffusion_pytorch_model.bin, a pickle"):
+        load_diffusers(tmp_path / "m")
 
 
 def test_config_errors_name_the_argument():

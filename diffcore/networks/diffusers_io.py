@@ -92,6 +92,11 @@ def load_diffusers(path: str | os.PathLike) -> tuple[UNetConfig, dict[str, np.nd
     path = os.fspath(path)
     cfg_path = os.path.join(path, CONFIG_NAME)
     w_path = os.path.join(path, WEIGHTS_NAME)
+    if not os.path.isfile(w_path) and os.path.isfile(os.path.join(path, "diffusion_pytorch_model.bin")):
+        raise ValueError(
+            f"{path} holds only diffusion_pytorch_model.bin, a pickle; diffcore reads {WEIGHTS_NAME} only "
+            f"(convert it with diffusers: UNet2DModel.from_pretrained(path).save_pretrained(path))"
+        )
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} does not exist (a diffusers folder has {CONFIG_NAME} and {WEIGHTS_NAME})")

@@ -73,6 +73,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise bad("__metadata__ must map strings to strings")
     data = memoryview(blob)[8 + n :]
     out: dict[str, np.ndarray] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise bad(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets; got {info!r}")
@@ -106,6 +107,17 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         else:
             a = a.astype(dt.newbyteorder("="), copy=True)
         out[name] = a
+        spans.append((offsets[0], offsets[1], name))
+    # The format stores the tensors back to back: a gap or an overlap means a damaged header, and
+    # bytes after the last tensor a damaged length field or an appended file.
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else f"leaves a gap at byte {position}"
+            raise bad(f"tensor {name!r} starts at data byte {begin} and {what}")
+        position = end
+    if position != len(data):
+        raise bad(f"{len(data) - position} bytes after the last tensor (data ends at {position} of {len(data)})")
     return out, dict(metadata)
 
 
