@@ -325,6 +325,20 @@ def test_channel_mismatch_names_counts():
         net(torch.zeros(1, 1, 8, 8), torch.ones(1))
 
 
+def test_time_and_label_errors_name_the_argument():
+    net = tnet.UNet2D(CONFIGS["class_cond_learned_var"])
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"t_in has shape \(3,\); expected \(2,\)"):
+        net(x, torch.ones(3))
+    with pytest.raises(ValueError, match=r"cond has shape \(1,\); expected \(2,\)"):
+        net(x, torch.ones(2), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"cond must be an integer tensor"):
+        net(x, torch.ones(2), torch.zeros(2))
+    plain = tnet.UNet2D(CONFIGS["pad1_three_levels"])
+    with pytest.raises(ValueError, match=r"no class embedding \(num_class_embeds is None\)"):
+        plain(x, torch.ones(2), torch.zeros(2, dtype=torch.long))
+
+
 def test_unknown_block_type_lists_valid_ones(tmp_path):
     config = CONFIGS["pad1_three_levels"]
     save_diffusers(tmp_path / "m", config, state_numpy(diffusers_unet(config)))
