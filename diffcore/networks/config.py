@@ -260,9 +260,9 @@ class MLPConfig(_JSONConfig):
     """An MLP score network for low-dimensional data (2-D toys).
 
     ``h = silu(input(x) + time_embedding(t) [+ class_embedding(c)])``, then for each hidden layer
-    ``h = silu(layers.i(h)) + h`` (residual), output ``output(h)``. The time embedding is the
-    sinusoidal one of :class:`UNetConfig` (``time_embed_dim`` frequencies-pairs input) followed by
-    ``linear_1 -> silu -> linear_2``.
+    ``h = h + dropout(silu(layers.i(h)))`` (residual), output ``output(h)``. The time embedding is
+    the sinusoidal one of :class:`UNetConfig`, ``time_embed_dim`` wide (``time_embed_dim / 2``
+    frequencies), followed by ``linear_1 -> silu -> linear_2`` to ``hidden_dim``.
     """
 
     data_dim: int = 2
