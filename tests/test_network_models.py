@@ -93,7 +93,7 @@ def test_likelihood_runs_and_loss_gradients_agree_on_torch_and_jax():
 
     fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     loss_j, grads = jax.jit(jax.value_and_grad(loss_fn), compiler_options=fast)(state)
-    np.testing.assert_allclose(float(loss_j), float(loss_t), rtol=1e-4)
+    np.testing.assert_allclose(float(loss_j), loss_t.item(), rtol=1e-4)
     g_jax = jnet.state_to_numpy(CONFIG, grads)
     top = max(float(np.abs(g).max()) for g in g_torch.values())
     for name, g in g_torch.items():
