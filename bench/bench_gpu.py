@@ -1,10 +1,12 @@
 """GPU throughput of the DDPM CIFAR-10 U-Net: diffusers vs diffcore-torch (bf16 autocast,
 channels_last, torch.compile optional) and diffcore-JAX (jit, float32 parameters).
 
-    .venv/bin/python bench/bench_gpu.py [--batch 128] [--iters 20] [--compile] [--no-jax]
+    .venv/bin/python bench/bench_gpu.py [--batch 128] [--iters 20] [--compile] [--no-jax] [--cpu]
 
 Prints images/s for the forward pass and for a training step (forward + backward of the MSE to a
-random target + Adam). On a machine without a CUDA GPU it says so and exits with status 0.
+random target + Adam). On a machine without a CUDA GPU it says so and exits with status 0;
+``--cpu`` runs the same code on the CPU in float32 (bf16 autocast on a CPU without bf16 units
+is emulated and takes minutes per step), to check the script.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--compile", action="store_true", help="torch.compile the diffcore-torch model")
     ap.add_argument("--no-jax", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU (to check the script without a GPU)")
     args = ap.parse_args()
 
     try:
@@ -39,7 +42,7 @@ def main() -> int:
     except ImportError:
         print("bench_gpu: torch is not installed; nothing to measure.")
         return 0
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.cpu:
         print("bench_gpu: no CUDA GPU is available on this machine; nothing to measure (see bench_networks.py for CPU).")
         return 0
 
@@ -49,7 +52,8 @@ def main() -> int:
     from diffcore.networks import UNetConfig, config_to_diffusers
     from diffcore_torch import networks as tnet
 
-    dev = torch.device("cuda")
+    dev = torch.device("cpu" if args.cpu else "cuda")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.backends.cudnn.benchmark = True
     config = UNetConfig.ddpm_cifar10()
     kwargs = {k: v for k, v in config_to_diffusers(config).items() if not k.startswith("_")}
@@ -62,7 +66,8 @@ def main() -> int:
     x = torch.randn(b, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     t = torch.rand(b, device=dev) * 999
     y = torch.randn(b, 3, 32, 32, device=dev)
-    print(f"# DDPM CIFAR-10 U-Net, batch {b}, {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"# DDPM CIFAR-10 U-Net, batch {b}, {name}, torch {torch.__version__}")
 
     def make(model_cls):
         if model_cls == "diffusers":
@@ -78,22 +83,22 @@ def main() -> int:
         return m, fm, call
 
     results = {}
-    for name in ("diffusers", "diffcore-torch"):
-        m, fm, call = make(name)
+    for model_name in ("diffusers", "diffcore-torch"):
+        m, fm, call = make(model_name)
         opt = torch.optim.Adam(m.parameters(), lr=1e-4)
 
         def fwd():
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 call(fm, x)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 loss = torch.nn.functional.mse_loss(call(fm, x).float(), y)
             loss.backward()
             opt.step()
 
-        results[name] = (_rate(fwd, torch.cuda.synchronize, b, args.iters), _rate(step, torch.cuda.synchronize, b, args.iters))
+        results[model_name] = (_rate(fwd, sync, b, args.iters), _rate(step, sync, b, args.iters))
 
     if not args.no_jax:
         try:
@@ -106,7 +111,7 @@ def main() -> int:
         except ImportError as err:
             print(f"(JAX skipped: {err})")
         else:
-            if not any(d.platform == "gpu" for d in jax.devices()):
+            if not args.cpu and not any(d.platform == "gpu" for d in jax.devices()):
                 print("(JAX skipped: jax sees no GPU)")
             else:
                 model = jnet.from_numpy(jnet.UNet2D, config, weights)
@@ -143,8 +148,8 @@ def main() -> int:
 
     print("| model | forward img/s | train step img/s |")
     print("|---|---:|---:|")
-    for name, (f, s) in results.items():
-        print(f"| {name} | {f:.0f} | {s:.0f} |")
+    for model_name, (f, s) in results.items():
+        print(f"| {model_name} | {f:.1f} | {s:.1f} |")
     return 0
 
 
