@@ -42,6 +42,7 @@ from .autodiff import DEFAULT_MAX_DIM, as_probes
 from .backend import StepBudgetExceeded, backend as _get_backend, backend_for
 from .diffusion import GaussianDiffusion
 from .models import split_model
+from .process import drift_coefficients, is_discrete, require_continuous, start_time
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
 from .samplers.ode import pf_ode_drift
@@ -184,8 +185,8 @@ def _make_ode_step(
     eps: float,
     rtol: float,
     atol: float,
+    T: float,
 ) -> Callable:
-    T = float(sde.T)
 
     pf_drift = pf_ode_drift(model, sde, prediction)
 
@@ -205,7 +206,8 @@ def _make_ode_step(
                 z = y[0]
                 # div f~ = D f(t) - 1/2 g(t)^2 div s
                 div_s = divergence(z, t)
-                div = D * sde._coef(sde._f, t, z.dtype) - 0.5 * sde._coef(sde._g2, t, z.dtype) * div_s
+                f, g2 = drift_coefficients(sde, t, z.dtype)
+                div = D * f - 0.5 * g2 * div_s
                 return drift(z, t, args), div
 
         else:
@@ -268,6 +270,7 @@ def ode_likelihood(
     dequantize_8bit: bool = False,
     num_dequant: int = 1,
     cond: Any = None,
+    t_max: float | None = None,
 ) -> LikelihoodResult:
     """-log p_eps(x) by the probability-flow ODE, per example, in nats and bits/dim.
 
@@ -287,6 +290,9 @@ def ode_likelihood(
             the batch); default: the batch position.
         rtol, atol: the solver's tolerances (> 0); max_steps: its budget of attempts per example.
         prior_logp: log p_T replacing ``sde.prior_logp`` (e.g. the exact marginal at T in tests).
+        t_max: where the solve ends (default T; where alpha(T) = 0 and the drift or divergence needs
+            f = alpha'/alpha or x_0 from an eps / score output, the time of log-SNR -15, see
+            :func:`diffcore.process.start_time`); the prior is evaluated there.
         dequantize_8bit: treat x as 8-bit data in [-1, 1]: average over ``num_dequant`` uniform
             dequantisation draws and add the +7 bits/dim offset.
     Returns:
@@ -309,6 +315,7 @@ def ode_likelihood(
     rtol = check_positive(rtol, "rtol")
     atol = check_positive(atol, "atol")
     max_steps = check_steps(max_steps, "max_steps")
+    require_continuous(sde, "ode_likelihood", "for a GaussianDiffusion use vlb_bpd")
     eps = end_time(sde, eps)
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"prior_logp must be callable prior_logp(z) -> (B,); got {type(prior_logp).__name__}")
@@ -333,10 +340,11 @@ def ode_likelihood(
     prior = prior_logp or sde.prior_logp
 
     prediction = resolve_prediction(model, sde, prediction, "score")
+    T_end = start_time(sde, "ode_likelihood", prediction, needs_f=callable(divergence), t_max=t_max)
     fn, weights = split_model(model, bk)
     step = _reused(
-        fn, ("ode", bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
-        lambda: _make_ode_step(bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
+        fn, ("ode", bk, fn, sde, prediction, divergence, prior, eps, rtol, atol, T_end),
+        lambda: _make_ode_step(bk, fn, sde, prediction, divergence, prior, eps, rtol, atol, T_end),
     )
     plan = (xp.zeros((1,), dtype=idx, device=device),)
     zeros = xp.zeros((B,), dtype=x.dtype, device=device)
@@ -359,7 +367,7 @@ def ode_likelihood(
         state = _OdeState(data, draw_probes, zeros, zeros, ints, ints, zeros, falses, budget)
         with values_checked_upstream():  # inputs were checked above: no sync per evaluation
             out = bk.loop(step, state, plan, args=ModelArgs(weights, cond))
-        _raise_if_unfinished(out, float(sde.T), max_steps, rtol, atol)
+        _raise_if_unfinished(out, T_end, max_steps, rtol, atol)
         nll = -(out.logp_T + out.delta)
         nll_sum = nll if nll_sum is None else nll_sum + nll
         logp_sum = out.logp_T if logp_sum is None else logp_sum + out.logp_T
@@ -499,6 +507,6 @@ def nll(model: Callable[..., Any], process: Any, x: Any, *, backend: Any = None,
     ``options`` go to :func:`vlb_bpd` or :func:`ode_likelihood` (e.g. ``dequantize_8bit=True``
     for 8-bit images with the ODE).
     """
-    if isinstance(process, GaussianDiffusion):
+    if is_discrete(process):
         return vlb_bpd(model, process, x, backend=backend, **options)
     return ode_likelihood(model, process, x, backend=backend, **options)

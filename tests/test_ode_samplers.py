@@ -140,7 +140,7 @@ def test_convergence_order_on_sub_vp():
 
 def _stage_to_start(plan):
     """Heun mutant: the corrector evaluated at the step's start time instead of its end."""
-    return plan._replace(**{f"{k}_1": getattr(plan, f"{k}_0") for k in ("t_in", "alpha", "sigma", "f", "g2")})
+    return plan._replace(**{f"{k}_1": getattr(plan, f"{k}_0") for k in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma")})
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def _stage_to_start(plan):
         ("ode_heun", {}, _stage_to_start, (40, 80, 160, 320), "order1"),
         ("ode_heun", {}, lambda p: p._replace(b_0=p.dt, b_1=p.dt), (20, 40, 80, 160), "fails"),  # dropped 1/2
         ("ode_rk4", {}, lambda p: p._replace(a_3=p.a_3 / 2), (20, 40, 80, 160), "order1"),  # last stage input off its time
-        ("ode_euler", {}, lambda p: p._replace(g2_0=2 * p.g2_0), (40, 80, 160, 320), "fails"),  # reverse-SDE drift, no 1/2
+        ("ode_euler", {}, lambda p: p._replace(d_sigma_0=2 * p.d_sigma_0), (40, 80, 160, 320), "fails"),  # sigma' doubled
         ("edm_heun", {}, lambda p: p._replace(w_corr=2 * p.w_corr), (10, 20, 40, 80), "fails"),  # dropped 1/2
         ("edm_heun", {}, lambda p: p._replace(t_in_corr=p.t_in_hat, alpha_corr=p.alpha_hat, s_corr=p.s_hat), (20, 40, 80, 160), "order1"),
         ("dpmpp_2m", {"spacing": "logsnr"}, lambda p: p._replace(w_cur=np.ones_like(p.w_cur), w_prev=np.zeros_like(p.w_prev)), (20, 40, 80, 160), "order1"),

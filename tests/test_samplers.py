@@ -356,7 +356,7 @@ def test_bad_input():
         sample("ddim", model, d, (2, 2), mask=np.ones(3), known=np.ones(2))
     with pytest.raises(ValueError, match="needs both mask and known"):
         sample("ddim", model, d, (2, 2), mask=np.ones(2))
-    with pytest.raises(TypeError, match="needs a GaussianDiffusion"):
+    with pytest.raises(TypeError, match="needs a process with the capability 'discrete_chain'"):
         sample("ddpm", model, diffcore.VPSDE(), (2, 2))
     with pytest.raises(ValueError, match="shape must be a non-empty tuple"):
         sample("ddim", model, d, ())
@@ -405,7 +405,7 @@ def test_no_value_reads_inside_the_sampling_loop(monkeypatch):
         sample("ddpm", two_gaussians_2d().as_model(d, "eps"), d, (4, 2), steps=steps)
         sample("ode_dopri5", two_gaussians_2d().as_model(vp, "score"), vp, (4, 2), rtol=rtol, atol=rtol)
         counts.append(len(reads))
-    assert counts[0] == counts[1] <= 6, counts
+    assert counts[0] == counts[1] <= 8, counts  # build-time reads (e.g. alpha(T) for the start) are fine
     # outside a loop the checks still read values
     with pytest.raises(ValueError, match="t must lie in"):
         d.q_sample(np.zeros((1, 2)), np.array([100]), noise=np.zeros((1, 2)))

@@ -333,8 +333,8 @@ def test_steps_other_than_process_N_use_the_rebuilt_chain():
 
 
 def test_off_by_one_chain_index_mutant_fails(monkeypatch):
-    original = sde_samplers._step_index
-    monkeypatch.setattr(sde_samplers, "_step_index", lambda chain, t: np.maximum(original(chain, t) - 1, 0))
+    original = diffcore.sde.SDE.chain_index
+    monkeypatch.setattr(diffcore.sde.SDE, "chain_index", lambda self, t: np.maximum(original(self, t) - 1, 0))
     for process_name in ("ve", "vp"):
         with pytest.raises(AssertionError):
             _check_against_reference(process_name, "ancestral", orders=("corrector_first",))
@@ -343,7 +343,7 @@ def test_off_by_one_chain_index_mutant_fails(monkeypatch):
 def test_wrong_sub_vp_corrector_alpha_mutant_fails(monkeypatch):
     """alpha = 1 on sub-VP (what a VE-style fallback would give) differs from 1 - beta_i."""
     _check_against_reference("subvp", "euler_maruyama", orders=("predictor_first",))
-    monkeypatch.setattr(sde_samplers, "_corrector_alpha", lambda chain, t: np.ones_like(t))
+    monkeypatch.setattr(sde_samplers, "_corrector_alpha", lambda process, chain, t, N: np.ones_like(t))
     with pytest.raises(AssertionError):
         _check_against_reference("subvp", "euler_maruyama", orders=("predictor_first",))
 
@@ -572,12 +572,12 @@ def test_bad_input():
         (ValueError, r"eps must lie in \[0, 1\) for VESDE; got 1.5", dict(eps=1.5)),
         (ValueError, r"steps=10 is too few for the 'pc' sampler on a VP chain: .*beta_max/N = 2", dict(process=VP, steps=10)),
         (ValueError, r"steps=10 is too few for the Langevin corrector", dict(process=VP, steps=10, predictor="euler_maruyama")),
-        (TypeError, "needs a VESDE process .*got process=VPSDE", dict(name="annealed_langevin", process=VP)),
+        (TypeError, "needs a variance-exploding process .*got process=VPSDE", dict(name="annealed_langevin", process=VP)),
         (ValueError, "num_scales must be at least 2", dict(name="annealed_langevin", num_scales=1)),
         (ValueError, "steps_per_level must be an integer >= 1; got 0", dict(name="annealed_langevin", steps_per_level=0)),
         (ValueError, "step_lr must be a positive number; got -1", dict(name="annealed_langevin", step_lr=-1)),
-        (TypeError, "ancestral predictor needs a discrete chain.*got process=subVPSDE", dict(name="ancestral", process=SUBVP)),
-        (TypeError, "needs a score SDE process .*got process=GaussianDiffusion", dict(name="euler_maruyama", process=gd)),
+        (TypeError, "needs a process with the capability 'ancestral'; subVPSDE declares", dict(name="ancestral", process=SUBVP)),
+        (TypeError, "integrates in continuous time .*GaussianDiffusion", dict(name="euler_maruyama", process=gd)),
         (ValueError, "step_size must be a positive number; got 0", dict(name="langevin", step_size=0)),
         (TypeError, "step_size", dict(name="langevin")),
         (ValueError, "prediction 'eps' needs a process", dict(name="langevin", process=None, step_size=0.1, prediction="eps")),

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace
-from ..diffusion import GaussianDiffusion
+from ..process import is_discrete, require, start_time
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
     resolve_prediction,
@@ -58,11 +58,10 @@ class DDPMPlan(NamedTuple):
 def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, prediction=None) -> Sampler:
     """DDPM ancestral sampling with the process's variance type (fixed_small, fixed_large, learned
     types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4)."""
-    if not isinstance(process, GaussianDiffusion):
-        raise TypeError(
-            f"the 'ddpm' sampler needs a GaussianDiffusion process; got {type(process).__name__} "
-            "(for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama')"
-        )
+    require(
+        process, "discrete_chain", "ddpm",
+        "DDPM's ancestral chain, e.g. a GaussianDiffusion; for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama'",
+    )
     prediction = resolve_prediction(model, process, prediction, "eps")
     chain = process if steps is None else process.respace(steps, spacing)
     T = chain.num_timesteps
@@ -145,7 +144,8 @@ def ddim(
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
     prediction = resolve_prediction(model, process, prediction, "eps")
-    grid = time_grid(process, steps, spacing=spacing, eps=eps)
+    start = None if is_discrete(process) else start_time(process, "ddim", prediction)
+    grid = time_grid(process, steps, spacing=spacing, eps=eps, start=start)
     alpha, sigma = grid.alpha, grid.sigma
     alpha_next = np.append(alpha[1:], 1.0)
     sigma_next = np.append(sigma[1:], 0.0)

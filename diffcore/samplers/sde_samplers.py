@@ -56,8 +56,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace, expand_to, sum_flat
-from ..diffusion import GaussianDiffusion
-from ..sde import SDE, VESDE, VPSDE, subVPSDE
+from ..process import capabilities, drift_coefficients, is_discrete, require, require_continuous, start_time, time_range
 from ._base import (
     resolve_prediction,
     ModelArgs,
@@ -121,10 +120,10 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, predictio
     convert with). Its stationary law is the target up to an O(a) bias. Continuous-time processes
     only (a GaussianDiffusion has no continuous time to hold fixed: use its ``ddpm`` sampler).
     """
-    if isinstance(process, GaussianDiffusion):
+    if process is not None and is_discrete(process):
         raise TypeError(
-            "the 'langevin' sampler holds a continuous time fixed and needs an SDE process or process=None; "
-            "got a GaussianDiffusion (use 'ddpm' or 'ddim')"
+            "the 'langevin' sampler holds a continuous time fixed and needs a continuous-time process or process=None; "
+            f"got the discrete process {type(process).__name__} (use 'ddpm' or 'ddim')"
         )
     a = check_positive(step_size, "step_size")
     steps = check_steps(steps)
@@ -169,17 +168,21 @@ def annealed_langevin(
     ``final_denoise``: x + sigma_L^2 s(x, sigma_L) at the end (NCSNv2), one more NFE.
     NFE: L * steps_per_level (+ 1).
     """
-    if not isinstance(process, VESDE):
+    require_continuous(process, "annealed_langevin", "it needs a noise ladder of a VE process")
+    if np.any(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) != 1.0):
         raise TypeError(
-            f"annealed_langevin needs a VESDE process (its noise ladder); got process={type(process).__name__}"
+            f"annealed_langevin needs a variance-exploding process (alpha(t) = 1: a noise ladder); got process="
+            f"{type(process).__name__}"
         )
+    if num_scales is None and getattr(process, "N", None) is None:
+        raise TypeError(f"annealed_langevin needs num_scales: {type(process).__name__} has no N (levels of its ladder)")
     L = process.N if num_scales is None else check_steps(num_scales, "num_scales")
     if L < 2:
         raise ValueError(f"num_scales must be at least 2 (a ladder from sigma_max to sigma_min); got {num_scales!r}")
     T_each = check_steps(steps_per_level, "steps_per_level")
     lr = check_positive(step_lr, "step_lr")
     prediction = resolve_prediction(model, process, prediction, "score")
-    t_levels = np.linspace(process.T, 0.0, L)
+    t_levels = np.linspace(time_range(process)[1], time_range(process)[0], L)
     sig = _host(process.sigma(t_levels))
     t = np.repeat(t_levels, T_each)
     a = lr * (np.repeat(sig, T_each) / sig[-1]) ** 2
@@ -223,66 +226,39 @@ class PCPlan(NamedTuple):
 
 
 def _check_sde(process: Any, name: str) -> None:
-    if not isinstance(process, SDE):
-        raise TypeError(
-            f"the {name!r} sampler needs a score SDE process (VPSDE, subVPSDE, VESDE); got process={type(process).__name__}"
-            " (for a GaussianDiffusion use 'ddpm' or 'ddim')"
-        )
-
-
-def _has_vp_chain(process: Any) -> bool:
-    """VP's discretisation is DDPM's chain of betas; sub-VP's is Euler-Maruyama (it has no chain)."""
-    return isinstance(process, VPSDE) and not isinstance(process, subVPSDE)
+    require_continuous(process, name, "for a GaussianDiffusion use 'ddpm' or 'ddim'")
 
 
 def _chain(process: Any, n: int) -> Any:
-    """The process's discretisation with N = n levels (the process itself when n == process.N)."""
-    if n == process.N:
-        return process
-    if isinstance(process, VESDE):
-        return type(process)(sigma_min=process.sigma_min, sigma_max=process.sigma_max, N=n)
-    if isinstance(process, VPSDE):
-        return type(process)(beta_min=process.beta_0, beta_max=process.beta_1, N=n)
-    raise TypeError(
-        f"steps={n} differs from process.N={process.N} and {type(process).__name__} cannot be rebuilt with "
-        f"N={n}; pass steps={process.N} or construct the process with N={n}"
-    )
-
-
-def _step_index(chain: Any, t: np.ndarray) -> np.ndarray:
-    """score_sde's floor(t (N - 1) / T) (integer truncation)."""
-    return np.asarray(VPSDE._step_index(chain, np.asarray(t, dtype=np.float64)), dtype=np.int64)
+    """The process's discretisation with N = n levels (the process itself when n == process.N):
+    the capability "discretize" (``process.discretization(n)``), as score_sde changes step counts."""
+    return process.discretization(n)
 
 
 def _predictor_coefficients(predictor: str, process: Any, chain: Any, t: np.ndarray, t_next: np.ndarray):
     """(c_x, c_s, c_z) of x_mean = c_x x + c_s s, x = x_mean + c_z z, for steps t -> t_next."""
-    ones = np.ones((t.shape[0], 1))
     if predictor == "euler_maruyama":
-        drift, g = process.sde(ones, t)
-        f, g = _host(drift)[:, 0], _host(g)
+        f, g2 = (_host(v) for v in drift_coefficients(process, np.asarray(t, dtype=np.float64)))
         dt = t - t_next
-        return 1.0 - f * dt, g * g * dt, g * np.sqrt(dt)
+        return 1.0 - f * dt, g2 * dt, np.sqrt(g2 * dt)
     if predictor == "reverse_diffusion":
+        ones = np.ones((t.shape[0], 1))
         f, G = chain.discretize(ones, t)
         f, G = _host(f)[:, 0], _host(G)
         return 1.0 - f, G * G, G
-    # ancestral
-    j = _step_index(chain, t)
-    if isinstance(chain, VESDE):
-        sig = chain.discrete_sigmas[j]
-        adj = np.where(j == 0, 0.0, chain.discrete_sigmas[np.maximum(j - 1, 0)])
-        var = sig**2 - adj**2
-        return np.ones_like(t), var, np.sqrt(adj**2 * var / sig**2)
-    beta = chain.discrete_betas[j]
-    return 1.0 / np.sqrt(1.0 - beta), beta / np.sqrt(1.0 - beta), np.sqrt(beta)
+    return tuple(_host(c) for c in chain.ancestral_coefficients(t))
 
 
-def _corrector_alpha(chain: Any, t: np.ndarray) -> np.ndarray:
-    """score_sde's alpha_i: 1 - beta_i of the chain (VP, sub-VP), 1 where there is no chain of betas (VE)."""
-    alphas = getattr(chain, "alphas", None)
-    if alphas is None:
-        return np.ones_like(t)
-    return np.asarray(alphas, dtype=np.float64)[_step_index(chain, t)]
+def _corrector_alpha(process: Any, chain: Any, t: np.ndarray, N: int) -> np.ndarray:
+    """score_sde's alpha_i: the chain's own (``corrector_alpha``: 1 - beta_i on VP and sub-VP, 1 on VE);
+    for a process without a chain, the one-level signal ratio (alpha(t) / alpha(t - dt))^2 with dt =
+    (T - t_min) / (N - 1) -- 1 - beta_i of the VP chain, 1 where alpha is constant."""
+    own = getattr(chain, "corrector_alpha", None) if chain is not None else None
+    if callable(own):
+        return _host(own(t))
+    lo, hi = time_range(process)
+    t_prev = np.clip(t - (hi - lo) / (N - 1), lo, hi)
+    return np.minimum((_host(process.alpha(t)) / _host(process.alpha(t_prev))) ** 2, 1.0)
 
 
 def _pc_step(model, prediction: str, M: int, predictor_first: bool, per_sample: bool):
@@ -329,6 +305,7 @@ def _predictor_corrector(
     denoise: bool,
     eps: Any,
     prediction: str,
+    spacing: str = "linspace",
 ) -> Sampler:
     _check_sde(process, name)
     predictor = check_choice(predictor, PREDICTORS, "predictor")
@@ -336,28 +313,32 @@ def _predictor_corrector(
     order = check_choice(order, ORDERS, "order")
     norm = check_choice(norm, NORMS, "norm")
     prediction = resolve_prediction(model, process, prediction, "score")
-    if predictor == "ancestral" and not (isinstance(process, VESDE) or _has_vp_chain(process)):
-        raise TypeError(
-            f"the ancestral predictor needs a discrete chain: VESDE or VPSDE; got process={type(process).__name__} "
-            "(sub-VP has none: use 'reverse_diffusion' or 'euler_maruyama')"
-        )
+    if predictor == "ancestral":
+        require(process, "ancestral", name, "the ancestral predictor needs a discrete chain such as VESDE's or VPSDE's; "
+                "sub-VP has none: use 'reverse_diffusion' or 'euler_maruyama'")
+    if predictor == "reverse_diffusion":
+        require(process, "discretize", name, "the reverse-diffusion predictor needs score_sde's discretize; "
+                "use predictor='euler_maruyama'")
+    if steps is None and getattr(process, "N", None) is None:
+        raise TypeError(f"the {name!r} sampler needs steps: {type(process).__name__} has no N (its default number of levels)")
     N = process.N if steps is None else check_steps(steps)
     if N < 2:
         raise ValueError(f"steps must be an integer >= 2 (the number of noise levels from T to eps); got {steps!r}")
     M = 0 if corrector is None else check_steps(corrector_steps, "corrector_steps")
-    if snr is None:
-        snr = 0.16 if isinstance(process, VESDE) else 0.01
+    if snr is None:  # score_sde's: 0.16 for VE (alpha = 1), 0.01 for VP and sub-VP
+        snr = 0.16 if np.all(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) == 1.0) else 0.01
     snr = check_positive(snr, "snr")
 
-    t = time_grid(process, N, eps=eps).times
+    t = time_grid(process, N, spacing=spacing, eps=eps, start=start_time(process, name, prediction, needs_f=True)).times
     predictor_first = order == "predictor_first"
     if predictor_first:
         t_pred, t_next = t[:-1], t[1:]
     else:
         t_pred, t_next = t, np.append(t[1:], 0.0)
     t_corr = t_next if predictor_first else t_pred
-    chain = _chain(process, N) if (predictor != "euler_maruyama" or M) else process
-    if predictor != "euler_maruyama" and _has_vp_chain(chain):
+    has_chain = "discretize" in capabilities(process)
+    chain = _chain(process, N) if has_chain and (predictor != "euler_maruyama" or M) else (process if has_chain else None)
+    if predictor != "euler_maruyama" and getattr(chain, "discrete_betas", None) is not None:
         if not np.max(chain.discrete_betas) < 1.0:
             raise ValueError(
                 f"steps={N} is too few for the {name!r} sampler on a VP chain: its largest beta, beta_max/N = "
@@ -371,7 +352,7 @@ def _predictor_corrector(
         alpha_next[-1], sigma_next[-1] = 1.0, 0.0  # the chain's end: the data (VE: sigma_{-1} = 0)
     c_last = np.ones(rows)
     if M:
-        lang_alpha = _corrector_alpha(chain, t_corr)
+        lang_alpha = _corrector_alpha(process, chain, t_corr, N)
         if not np.all(lang_alpha > 0):
             raise ValueError(
                 f"steps={N} is too few for the Langevin corrector on a VP chain: alpha_i = 1 - beta_i must be > 0 "
@@ -423,11 +404,12 @@ def _predictor_sampler(predictor: str):
         denoise=True,
         eps=None,
         prediction=None,
+        spacing="linspace",
     ) -> Sampler:
         return _predictor_corrector(
             predictor, model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
             corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-            prediction=prediction,
+            prediction=prediction, spacing=spacing,
         )
 
     factory.__name__ = factory.__qualname__ = predictor
@@ -457,6 +439,7 @@ def pc(
     denoise=True,
     eps=None,
     prediction=None,
+    spacing="linspace",
 ) -> Sampler:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): ``predictor`` one of
     'euler_maruyama', 'reverse_diffusion' (default), 'ancestral'; Langevin corrector with
@@ -464,7 +447,7 @@ def pc(
     return _predictor_corrector(
         "pc", model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
         corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-        prediction=prediction,
+        prediction=prediction, spacing=spacing,
     )
 
 
