@@ -46,7 +46,7 @@ from .process import drift_coefficients, is_discrete, require_continuous, start_
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
 from .samplers.ode import pf_ode_drift
-from .samplers.solvers import dopri5
+from .odeint import check_solver_dtype, dopri5
 
 __all__ = [
     "LikelihoodResult",
@@ -235,7 +235,7 @@ def _make_ode_step(
 
         y0 = (x, xp.zeros((B,), dtype=x.dtype, device=device))
         solver_backend = _BudgetedLoop(bk, state.max_steps)
-        sol = dopri5(solver_backend, fn, y0, float(eps), T, rtol=rtol, atol=atol, max_steps=_BudgetedLoop._NO_LIMIT)
+        sol = dopri5(solver_backend, fn, y0, float(eps), T, rtol=rtol, atol=atol, max_steps=_BudgetedLoop._NO_LIMIT, name="x")
         z_T, delta = sol.y
         logp_T = prior(z_T)
         if logp_T.dtype != x.dtype:
@@ -331,6 +331,10 @@ def ode_likelihood(
         probes = as_probes(x, probes, cast=True)
     if dequantize_8bit:
         _check_8bit_range(x)
+    check_solver_dtype(xp, x.dtype, "ode_likelihood's adaptive solver")
+    lo_hi = concrete_min_max(x)  # eager arrays: a NaN / inf input stops here, not after the step budget
+    if lo_hi is not None and not all(math.isfinite(float(v)) for v in lo_hi):
+        raise FloatingPointError("ode_likelihood: non-finite input x (NaN or inf); the solve cannot start there")
     device = array_device(x)
     key = bk.key(seed)
     idx = default_dtype(xp, "indexing", device)
@@ -386,8 +390,8 @@ def _raise_if_unfinished(out: _OdeState, T: float, max_steps: int, rtol: float, 
     if failed.any():
         idx = np.flatnonzero(failed)
         raise FloatingPointError(
-            f"ode_likelihood: the drift or divergence was non-finite for example(s) {idx[:10].tolist()} at "
-            f"times {t[idx][:10].tolist()} even at a vanishing step size; the solve was abandoned"
+            f"ode_likelihood: the model returned non-finite values (or the drift or divergence overflowed) for "
+            f"example(s) {idx[:10].tolist()} at times {t[idx][:10].tolist()}; the solve was abandoned"
         )
     if np.any(t != T):
         steps = to_numpy(out.steps)

@@ -548,7 +548,7 @@ def test_nonfinite_output_names_step_and_time():
     def blows_up(x, t_in):
         return np.where(t_in[:, None] < 0.1, np.nan, exact(x, t_in))
 
-    with pytest.raises(FloatingPointError, match=r"non-finite value at step \d+ \(time 0\.\d+"):
+    with pytest.raises(FloatingPointError, match=r"state became non-finite at step \d+ \(time 0\.\d+"):
         sample("pc", blows_up, VE, (3, 2), steps=10)
 
 

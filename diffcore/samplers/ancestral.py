@@ -108,7 +108,9 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
         x_next = mean + p.noise_scale * xp.exp(0.5 * log_var) * noise_i[:, 0, ...]
         return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
-    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(t, dtype=np.float64))
+    # error messages name the process's own step: the original step of a respaced chain
+    original = np.asarray(getattr(chain, "timestep_map", t))[t]
+    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(original, dtype=np.float64))
 
 
 # ----------------------------------------------------------------------------------------- DDIM

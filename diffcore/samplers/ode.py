@@ -62,7 +62,7 @@ from ._base import (
     initial_flag,
 )
 from .grid import SPACINGS, _zero_noise_at_start, default_eps, end_time, time_grid
-from .solvers import dopri5
+from ..odeint import EULER, HEUN, RK4, Tableau, dopri5, rk_stages
 
 __all__ = [
     "ode_euler",
@@ -184,28 +184,24 @@ def _sigma_ratio_coefficients(process: Any, s: np.ndarray) -> tuple[np.ndarray, 
 
 # ------------------------------------------------------------------- PF-ODE, fixed steps
 
-# Explicit Runge-Kutta tableaux whose stage k uses only stage k - 1 (Euler, Heun, classic RK4).
-_TABLEAUX = {
-    "euler": ((0.0,), (), (1.0,)),
-    "heun": ((0.0, 1.0), (1.0,), (0.5, 0.5)),
-    "rk4": ((0.0, 0.5, 0.5, 1.0), (0.5, 0.5, 1.0), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
-}
+# The explicit Runge-Kutta tableaux of the fixed-step samplers (diffcore.odeint, one engine)
+_TABLEAUX = {"euler": EULER, "heun": HEUN, "rk4": RK4}
 
 
-def _rk_plan_class(method: str, stages: int) -> type:
+def _stage_inputs(tableau: Tableau) -> list:
+    """(i, j) of the nonzero entries of the stage matrix: the plan's columns a_i_j = A_ij dt."""
+    return [(i, j) for i, row in enumerate(tableau.A) for j, a in enumerate(row) if a != 0.0]
+
+
+def _rk_plan_class(tableau: Tableau) -> type:
+    stages = len(tableau.c)
     fields = [("index", np.ndarray), ("t", np.ndarray), ("t_next", np.ndarray), ("dt", np.ndarray)]
     for k in range(stages):
         fields += [(f"{name}_{k}", np.ndarray) for name in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma")]
-    fields += [(f"a_{k}", np.ndarray) for k in range(1, stages)]
+    fields += [(f"a_{i}_{j}", np.ndarray) for i, j in _stage_inputs(tableau)]
     fields += [(f"b_{k}", np.ndarray) for k in range(stages)]
     fields += [("alpha_next", np.ndarray), ("sigma_next", np.ndarray)]
-    return NamedTuple(f"ODE{method.capitalize()}Plan", fields)
-
-
-EulerPlan = _rk_plan_class("euler", 1)
-HeunPlan = _rk_plan_class("heun", 2)
-RK4Plan = _rk_plan_class("rk4", 4)
-_PLANS = {"euler": EulerPlan, "heun": HeunPlan, "rk4": RK4Plan}
+    return NamedTuple(f"ODE{tableau.name.capitalize()}Plan", fields)
 
 
 def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction, spacing="linspace") -> Sampler:
@@ -228,9 +224,10 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     steps = check_steps(steps)
     eps = end_time(process, eps)
     prediction = resolve_prediction(model, process, prediction, "eps")
-    c, a, b = _TABLEAUX[method]
-    S = len(c)
-    Plan = _PLANS[method]
+    tableau = _TABLEAUX[method]
+    c, b, S = tableau.c, tableau.b, len(tableau.c)
+    entries = _stage_inputs(tableau)
+    Plan = _rk_plan_class(tableau)
 
     t_start = start_time(process, name, prediction)
     check_choice(spacing, SPACINGS, "spacing")
@@ -243,8 +240,8 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
         coef = _sde_coefficients(process, tk)
         for key in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma"):
             cols[f"{key}_{k}"] = coef[key]
-    for k in range(1, S):
-        cols[f"a_{k}"] = a[k - 1] * dt
+    for i, j in entries:
+        cols[f"a_{i}_{j}"] = tableau.A[i][j] * dt
     for k in range(S):
         cols[f"b_{k}"] = b[k] * dt
     end = _sde_coefficients(process, np.array([eps]))
@@ -259,8 +256,8 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
                 row[f"{key}_{k}"] = end[key][0]
         row["d_alpha_0"] = 1.0 - alpha_e  # x + (1 - alpha) x0 - sigma eps = x0 (x = alpha x0 + sigma eps)
         row["d_sigma_0"] = -sigma_e
-        for k in range(1, S):
-            row[f"a_{k}"] = 0.0
+        for i, j in entries:
+            row[f"a_{i}_{j}"] = 0.0
         for k in range(S):
             row[f"b_{k}"] = 1.0 if k == 0 else 0.0
         cols = {key: np.append(col, row[key]) for key, col in cols.items()}
@@ -270,17 +267,18 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     def make_step(used: int):
         def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
             p = Plan(*plan_i)
-            x = state.x
-            x_next = x
-            slope = None
-            for k in range(used):
-                xk = x if k == 0 else x + getattr(p, f"a_{k}") * slope
+
+            def slope(k: int, y: tuple) -> tuple:
+                xk = y[0]
                 out = call_model(model, args, xk, getattr(p, f"t_in_{k}"))
                 a_k, s_k = getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}")
                 x0 = to_x0(out, prediction, xk, a_k, s_k)
                 eps = to_eps(out, prediction, xk, a_k, s_k)
-                slope = pf_velocity(getattr(p, f"d_alpha_{k}"), getattr(p, f"d_sigma_{k}"), x0, eps)
-                x_next = x_next + getattr(p, f"b_{k}") * slope
+                return (pf_velocity(getattr(p, f"d_alpha_{k}"), getattr(p, f"d_sigma_{k}"), x0, eps),)
+
+            A = [[(j, getattr(p, f"a_{i}_{j}")) for ii, j in entries if ii == i] for i in range(used)]
+            b_used = [(k, getattr(p, f"b_{k}")) for k in range(used)]
+            (x_next,), _ = rk_stages(slope, (state.x,), A, b_used)
             return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
         return step
@@ -392,7 +390,7 @@ def ode_dopri5(
     def solve(bk: Any, state: DopriSampleState, plan_i: tuple, args: ModelArgs) -> DopriSampleState:
         p = DopriPlan(*plan_i)
         fn = lambda t, x: drift(t, x, args)  # noqa: E731
-        sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0)
+        sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0, name="x_T")
         x, nfe, per_example = sol.y, state.nfe + sol.nfe_total, state.nfe_per_example + sol.nfe
         if denoise:
             x = _denoise(model, args, x, p.t_in_end, p.alpha_end, p.sigma_end, prediction).x0  # Tweedie
