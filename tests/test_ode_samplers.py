@@ -642,3 +642,66 @@ def test_dopri5_nan_start_under_jit_fails_fast():
     failed, evals = jax.jit(solve)(xp.ones((2, 2)))
     assert np.asarray(failed).tolist() == [True, True]
     assert int(evals) < 100
+
+
+# ------------------------------------------------------------------------ explicit grids
+
+
+def test_explicit_grids_reproduce_the_built_in_ones():
+    """times= / sigmas= in place of steps give exactly the samplers' own grids (another library's
+    schedule can be copied this way)."""
+    p = VPSDE()
+    model = _gaussian().as_model(p, "eps")
+    x_T = _x_T(p)
+    lin = np.linspace(1.0, 1e-3, 11)
+    for name, opts, explicit in [
+        ("ode_heun", dict(steps=10, spacing="linspace"), dict(times=lin)),
+        ("ode_rk4", dict(steps=10, spacing="linspace"), dict(times=lin)),
+        ("ddim", dict(steps=11, spacing="linspace"), dict(times=lin)),
+        ("dpmpp_2m", dict(steps=11, spacing="linspace"), dict(times=lin)),
+        ("edm_heun", dict(steps=8), dict(sigmas=np.append(diffcore.karras_sigmas(8, build("edm_heun", model, p, steps=8).plan.s_hat[-1], build("edm_heun", model, p, steps=8).plan.s_hat[0]), 0.0))),
+    ]:
+        a = sample(name, model, p, x_T.shape, x_T=x_T, **opts).x
+        b = sample(name, model, p, x_T.shape, x_T=x_T, **explicit).x
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=name)
+    # a different grid gives different samples (the option is not ignored)
+    other = sample("ode_heun", model, p, x_T.shape, x_T=x_T, times=lin ** 2 * 0.999 + 1e-3).x
+    assert np.max(np.abs(other - sample("ode_heun", model, p, x_T.shape, x_T=x_T, times=lin).x)) > 1e-4
+    # a GaussianDiffusion takes kept original steps, ascending or descending
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    md = _gaussian().as_model(d, "eps")
+    kept = [0, 10, 30, 60, 99]
+    up = sample("ddim", md, d, x_T.shape, x_T=x_T, times=kept)
+    down = sample("ddim", md, d, x_T.shape, x_T=x_T, times=kept[::-1])
+    np.testing.assert_array_equal(up.x, down.x)
+    assert up.nfe == 5
+    np.testing.assert_array_equal(build("ddim", md, d, times=kept).times, kept[::-1])
+    # the predictor-corrector family takes times with Euler-Maruyama
+    pm = _gaussian().as_model(p, "score")
+    ts = np.linspace(1.0, 1e-3, 30)
+    a = sample("euler_maruyama", pm, p, x_T.shape, x_T=x_T, steps=30, seed=1).x
+    b = sample("euler_maruyama", pm, p, x_T.shape, x_T=x_T, times=ts, seed=1).x
+    np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_explicit_grids_are_validated():
+    p = VPSDE()
+    model = _gaussian().as_model(p, "eps")
+    cases = [
+        ("ode_heun", dict(times=[1.0, 0.5, 0.7, 0.1]), ValueError, "times must be strictly decreasing"),
+        ("ddim", dict(times=[1.2, 0.5, 0.1]), ValueError, r"times must lie in \[0, 1\] for VPSDE; got values from 0.1 to 1.2"),
+        ("dpmpp_2m", dict(times=[1.0, 0.5, 0.0]), ValueError, "times must end above t_min = 0 for VPSDE"),
+        ("ode_euler", dict(times=[1.0, float("nan")]), ValueError, "times must be finite"),
+        ("ode_euler", dict(times=[0.5]), ValueError, "times must hold at least 2 times"),
+        ("edm_heun", dict(sigmas=[1.0, 2.0, 0.0]), ValueError, "sigmas must hold at least 2 finite values > 0 in strictly decreasing order"),
+        ("edm_heun", dict(sigmas=[1e5, 1.0]), ValueError, r"sigma_max must lie in the process's range"),
+        ("pc", dict(times=[1.0, 0.5, 0.1]), ValueError, "times= needs predictor='euler_maruyama'"),
+    ]
+    for name, opts, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            build(name, model, p, **opts)
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    with pytest.raises(ValueError, match="times of a GaussianDiffusion must be integer steps"):
+        build("ddim", _gaussian().as_model(d, "eps"), d, times=[99, 50.5, 0])
+    with pytest.raises(ValueError, match=r"times must lie in \[0, 99\]"):
+        build("ddim", _gaussian().as_model(d, "eps"), d, times=[100, 50, 0])

@@ -137,8 +137,12 @@ def ddim(
     eps=None,
     clip_denoised=False,
     prediction=None,
+    times=None,
 ) -> Sampler:
-    """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance)."""
+    """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance).
+
+    ``times``: an explicit grid in place of ``steps`` (continuous: strictly decreasing times in the
+    process's range; GaussianDiffusion: the kept original steps, ascending or descending)."""
     try:
         eta = float(eta)
     except (TypeError, ValueError):
@@ -147,7 +151,9 @@ def ddim(
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
     prediction = resolve_prediction(model, process, prediction, "eps")
     start = None if is_discrete(process) else start_time(process, "ddim", prediction)
-    grid = time_grid(process, steps, spacing=spacing, eps=eps, start=start)
+    grid = time_grid(process, steps, spacing=spacing, eps=eps, start=start, times=times)
+    if times is not None and not is_discrete(process):
+        start_time(process, "ddim", prediction, t_max=grid.times[0])  # alpha = 0 there needs x0 / v / u
     alpha, sigma = grid.alpha, grid.sigma
     alpha_next = np.append(alpha[1:], 1.0)
     sigma_next = np.append(sigma[1:], 0.0)

@@ -87,6 +87,11 @@ def check_times(process: Any, times: Any, name: str = "times") -> np.ndarray:
         raise ValueError(
             f"{name} must lie in [{lo:g}, {hi:g}] for {type(process).__name__}; got values from {t.min():g} to {t.max():g}"
         )
+    if not is_discrete(process) and _zero_noise_at_start(process) and not t.min() > lo:
+        raise ValueError(
+            f"{name} must end above t_min = {lo:g} for {type(process).__name__} (sigma = 0 there: the score is "
+            f"singular); got a last time of {t.min():g}"
+        )
     return t.copy()
 
 

@@ -61,7 +61,7 @@ from ._base import (
     flag_nonfinite,
     initial_flag,
 )
-from .grid import SPACINGS, _zero_noise_at_start, default_eps, end_time, time_grid
+from .grid import SPACINGS, _zero_noise_at_start, check_times, default_eps, end_time, time_grid
 from ..odeint import EULER, HEUN, RK4, Tableau, dopri5, rk_stages
 
 __all__ = [
@@ -204,7 +204,7 @@ def _rk_plan_class(tableau: Tableau) -> type:
     return NamedTuple(f"ODE{tableau.name.capitalize()}Plan", fields)
 
 
-def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction, spacing="linspace") -> Sampler:
+def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction, spacing="linspace", times=None) -> Sampler:
     """Explicit RK of the PF-ODE on ``steps + 1`` times from the start (T, or below where alpha(T) = 0
     and the prediction cannot give x_0 there) to eps, uniform in t (``spacing="linspace"``) or in
     log-SNR (``"logsnr"``).
@@ -229,9 +229,16 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     entries = _stage_inputs(tableau)
     Plan = _rk_plan_class(tableau)
 
-    t_start = start_time(process, name, prediction)
     check_choice(spacing, SPACINGS, "spacing")
-    t_grid = time_grid(process, steps + 1, spacing=spacing, eps=eps, start=t_start).times
+    if times is not None:  # an explicit grid of steps + 1 points, start and end included
+        t_grid = check_times(process, times)
+        if t_grid.shape[0] < 2:
+            raise ValueError(f"times must hold at least 2 times (one step) for {name}; got {t_grid.tolist()}")
+        start_time(process, name, prediction, t_max=t_grid[0])
+        steps, eps = t_grid.shape[0] - 1, float(t_grid[-1])
+    else:
+        t_start = start_time(process, name, prediction)
+        t_grid = time_grid(process, steps + 1, spacing=spacing, eps=eps, start=t_start).times
     t, t_next = t_grid[:-1], t_grid[1:]
     dt = t_next - t
     cols: dict[str, np.ndarray] = {"index": np.arange(steps), "t": t, "t_next": t_next, "dt": dt}
@@ -289,19 +296,19 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     return Sampler(name, plan, init_state, step, final_x, 0, nfe, times, drive)
 
 
-def ode_euler(model, process, *, steps=100, eps=None, denoise=False, prediction=None, spacing="linspace") -> Sampler:
+def ode_euler(model, process, *, steps=100, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """Euler's method on the probability-flow ODE (order 1; NFE = steps [+1 with ``denoise``])."""
-    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing)
+    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
-def ode_heun(model, process, *, steps=50, eps=None, denoise=False, prediction=None, spacing="linspace") -> Sampler:
+def ode_heun(model, process, *, steps=50, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """Heun's (explicit trapezoidal) method on the PF-ODE (order 2; NFE = 2 steps [+1])."""
-    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing)
+    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
-def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, prediction=None, spacing="linspace") -> Sampler:
+def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """The classic 4-stage Runge-Kutta method on the PF-ODE (order 4; NFE = 4 steps [+1])."""
-    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing)
+    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
 # --------------------------------------------------------------------- PF-ODE, adaptive
@@ -450,8 +457,12 @@ def edm_heun(
     S_noise=1.0,
     clip_denoised=False,
     prediction=None,
+    sigmas=None,
 ) -> Sampler:
     """EDM's sampler (Karras et al. 2022, Algorithm 1; with ``S_churn`` > 0 Algorithm 2).
+
+    ``sigmas``: an explicit descending schedule of sigma~ = sigma / alpha (at least 2 values > 0, a
+    trailing 0 allowed) in place of ``steps`` and the Karras schedule, e.g. another library's.
 
     sigma~_i = karras_sigmas(steps, sigma_min, sigma_max, rho), then sigma~_N = 0; Heun steps,
     the last (to 0) Euler: NFE = 2 steps - 1. The output is the last x_0 prediction. Defaults of
@@ -462,6 +473,10 @@ def edm_heun(
     """
     N = check_steps(steps)
     prediction = resolve_prediction(model, process, prediction, "eps")
+    s_given = None
+    if sigmas is not None:
+        s_given = _check_sigmas(sigmas)
+        N, sigma_min, sigma_max = s_given.shape[0], float(s_given[-1]), float(s_given[0])
     rho = check_positive(rho, "rho")
     S_churn = _check_nonnegative(S_churn, "S_churn")
     S_noise = _check_nonnegative(S_noise, "S_noise")
@@ -496,7 +511,7 @@ def edm_heun(
             if v < lo_proc * (1 - 1e-9) or v > hi_proc * (1 + 1e-9):
                 raise ValueError(f"{label} must lie in the process's range [{lo_proc:g}, {hi_proc:g}] of sigma/alpha; got {v:g}")
 
-    s = karras_sigmas(N, s_min, s_max, rho)
+    s = karras_sigmas(N, s_min, s_max, rho) if s_given is None else s_given
     s_next = np.append(s[1:], 0.0)
     gamma = np.where((s >= S_tmin) & (s <= S_tmax), min(S_churn / N, math.sqrt(2.0) - 1.0), 0.0)
     s_hat = np.minimum(s * (1.0 + gamma), max(s_max, hi_proc))
@@ -565,6 +580,24 @@ def edm_heun(
     )
 
 
+def _check_sigmas(sigmas: Any) -> np.ndarray:
+    """An explicit sigma~ schedule: finite, strictly decreasing, > 0 (one trailing 0 is dropped)."""
+    try:
+        s = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigmas must be a 1-D sequence of noise levels; got {type(sigmas).__name__}") from None
+    if s.ndim != 1:
+        raise ValueError(f"sigmas must be 1-D; got shape {s.shape}")
+    if s.shape[0] and s[-1] == 0.0:
+        s = s[:-1]
+    if s.shape[0] < 2 or not np.all(np.isfinite(s)) or not np.all(s > 0) or not np.all(np.diff(s) < 0):
+        raise ValueError(
+            "sigmas must hold at least 2 finite values > 0 in strictly decreasing order (a trailing 0 is allowed); "
+            f"got {np.asarray(sigmas).tolist()[:10]}"
+        )
+    return s
+
+
 def _check_nonnegative(value: Any, name: str) -> float:
     try:
         v = float(value)
@@ -601,7 +634,7 @@ DPM_SPACINGS = ("linspace", "logsnr")
 
 
 def dpmpp_2m(
-    model, process, *, steps=20, spacing="linspace", eps=None, clip_denoised=False, prediction=None
+    model, process, *, steps=20, spacing=None, eps=None, clip_denoised=False, prediction=None, times=None
 ) -> Sampler:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) with x_0 predictions, written against the process interface.
 
@@ -615,9 +648,13 @@ def dpmpp_2m(
     prediction = resolve_prediction(model, process, prediction, "eps")
     discrete = is_discrete(process)
     allowed = DPM_SPACINGS + (("leading", "trailing") if discrete else ())
+    if spacing is None:  # measured best (docs/samplers.md): log-SNR in continuous time; a chain keeps its respacing
+        spacing = "linspace" if discrete else "logsnr"
     check_choice(spacing, allowed, "spacing")
     start = None if discrete else start_time(process, "dpmpp_2m", prediction)
-    g = time_grid(process, steps, spacing=spacing, eps=eps, start=start)
+    g = time_grid(process, steps, spacing=spacing, eps=eps, start=start, times=times)
+    if times is not None and not discrete:
+        start_time(process, "dpmpp_2m", prediction, t_max=g.times[0])
     times, t_in, alpha, sigma = g.times, g.t_in, _host(g.alpha), _host(g.sigma)
     n = times.shape[0]
     lam = np.log(alpha) - np.log(sigma)  # Lu et al.'s lambda = log(alpha / sigma), half the log-SNR

@@ -25,14 +25,21 @@ All of them move x with the score s = grad_x log p_t(x), taken from the model ou
   j = floor(t (N - 1)) (score_sde's truncation); with ``steps`` != process.N they are those of
   the same process built with N = steps, which is how score_sde changes the step count.
 - Langevin corrector (score_sde's LangevinCorrector), M = ``corrector_steps`` steps at one level:
-  eps_i = 2 alpha_i (snr ||z|| / ||s||)^2, x_mean = x + eps_i s, x = x_mean + sqrt(2 eps_i) z, with
-  alpha_i = 1 (VE) or 1 - beta_j of the chain (VP and sub-VP: sub-VP has a VP chain; both reference
-  codebases fail there). ``norm="per_sample"`` (default) takes the norms of each sample, so samples
-  are independent of their batch; ``"batch_mean"`` is score_sde's mean norm over the batch.
-  Default snr: 0.16 (VE), 0.01 (VP, sub-VP). The snr rule assumes many dimensions, where ||z|| and
-  ||s|| concentrate: in very low dimensions one sample's ||z||^2 / ||s||^2 is heavy-tailed (an
-  F(2, 2) variable in 2-D at high noise; ||s|| near 0 at a mode) and per-sample steps explode now
-  and then (tests/test_sde_samplers.py: fine in 32-D, off the target in 2-D); use batch_mean there.
+  x_mean = x + eps_i s, x = x_mean + sqrt(2 eps_i) z. score_sde's step is
+  eps_i = 2 alpha_i (snr ||z|| / ||s||)^2, alpha_i = 1 (VE) or 1 - beta_i of the chain (VP and
+  sub-VP: sub-VP has a VP chain; both reference codebases fail there; a process without a chain:
+  (alpha(t_i) / alpha(t_i - dt))^2). The norms:
+  ``norm="expected"`` (default): ||z||^2 and ||s||^2 by their expectations D and D / sigma_i^2, so
+  eps_i = 2 alpha_i (snr sigma_i)^2 -- a plan column that reads no state, so every chain takes the
+  same step and samples do not depend on their batch. Measured on the 3-D mixture of
+  tests/test_sde_samplers.py (VESDE, 1000 steps, 8000 samples, seed 0; exact variances (1.53,
+  1.93, 0.99)): expected (1.55, 1.90, 1.01), within 2 standard errors;
+  ``"per_sample"`` (the old default): each sample's own norms; its step grows where its own score
+  is small, which biases where Langevin dynamics settles: (2.64, 2.93, 1.93), 45-90 standard errors
+  off (in high dimensions the norms concentrate and it is fine);
+  ``"batch_mean"``: score_sde's mean norms over the batch (1.49, 1.92, 0.96), but a sample then
+  depends on its batch.
+  Default snr: 0.16 (VE: alpha = 1), 0.01 (VP, sub-VP).
 
 Orders (they differ only at the ends of the chain of N levels t_0 = T > ... > t_{N-1} = eps):
   ``"predictor_first"`` (default; Algorithm 1 of Song et al. 2021): x at t_0 from the prior; for
@@ -77,7 +84,7 @@ __all__ = ["langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral")
 CORRECTORS = (None, "langevin")
 ORDERS = ("predictor_first", "corrector_first")
-NORMS = ("per_sample", "batch_mean")
+NORMS = ("expected", "per_sample", "batch_mean")
 
 
 
@@ -115,7 +122,7 @@ def _langevin_step(model, prediction: str):
 def langevin(model, process=None, *, step_size, steps=1000, t_in=None, prediction=None) -> Sampler:
     """Unadjusted Langevin dynamics x <- x + a s(x) + sqrt(2 a) z at one noise level.
 
-    The model is called with ``t_in`` (default: the process's model time at t = 0; 0.0 without a
+    The model is called with ``t_in`` (default: the process's model time at t_min; 0.0 without a
     process). Without a process only ``prediction="score"`` is possible (no alpha, sigma to
     convert with). Its stationary law is the target up to an O(a) bias. Continuous-time processes
     only (a GaussianDiffusion has no continuous time to hold fixed: use its ``ddpm`` sampler).
@@ -135,7 +142,7 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, predictio
         t, alpha, sigma = t_in, 1.0, 0.0
     else:
         if t_in is None:
-            t_in = float(np.asarray(process.model_time(np.asarray(0.0))))
+            t_in = float(np.asarray(process.model_time(np.asarray(float(time_range(process)[0])))))
         t = float(np.asarray(process.time_from_model_time(np.asarray(float(t_in)))))
         alpha = float(np.asarray(process.alpha(np.asarray(t))))
         sigma = float(np.asarray(process.sigma(np.asarray(t))))
@@ -261,17 +268,20 @@ def _corrector_alpha(process: Any, chain: Any, t: np.ndarray, N: int) -> np.ndar
     return np.minimum((_host(process.alpha(t)) / _host(process.alpha(t_prev))) ** 2, 1.0)
 
 
-def _pc_step(model, prediction: str, M: int, predictor_first: bool, per_sample: bool):
+def _pc_step(model, prediction: str, M: int, predictor_first: bool, norm: str):
     def correct(x: Any, p: PCPlan, noise_i: Any, args: ModelArgs) -> Any:
         xp = array_namespace(x)
         for m in range(M):
             z = noise_i[:, 1 + m, ...]
             s, _ = model_score(model, args, x, p.ct_in, p.c_alpha, p.c_sigma, prediction)
-            if per_sample:
-                ratio = expand_to(sum_flat(z * z) / sum_flat(s * s), x)
-            else:  # score_sde: mean norms over the batch (couples the samples)
-                ratio = (xp.mean(xp.sqrt(sum_flat(z * z))) / xp.mean(xp.sqrt(sum_flat(s * s)))) ** 2
-            step = p.c_scale * ratio
+            if norm == "expected":  # eps_i = 2 alpha_i (snr sigma_i)^2, folded into c_scale: no state in it
+                step = p.c_scale
+            else:
+                if norm == "per_sample":
+                    ratio = expand_to(sum_flat(z * z) / sum_flat(s * s), x)
+                else:  # score_sde: mean norms over the batch (couples the samples)
+                    ratio = (xp.mean(xp.sqrt(sum_flat(z * z))) / xp.mean(xp.sqrt(sum_flat(s * s)))) ** 2
+                step = p.c_scale * ratio
             noise = xp.sqrt(2.0 * step) * z
             x = x + step * s + (p.c_last * noise if m == M - 1 else noise)
         return x
@@ -306,6 +316,7 @@ def _predictor_corrector(
     eps: Any,
     prediction: str,
     spacing: str = "linspace",
+    times: Any = None,
 ) -> Sampler:
     _check_sde(process, name)
     predictor = check_choice(predictor, PREDICTORS, "predictor")
@@ -319,6 +330,13 @@ def _predictor_corrector(
     if predictor == "reverse_diffusion":
         require(process, "discretize", name, "the reverse-diffusion predictor needs score_sde's discretize; "
                 "use predictor='euler_maruyama'")
+    if times is not None:
+        if predictor != "euler_maruyama":
+            raise ValueError(
+                f"times= needs predictor='euler_maruyama' in the {name!r} sampler: the {predictor!r} predictor is tied "
+                "to the process's uniform chain of N levels (pass steps instead)"
+            )
+        steps = len(np.asarray(times).reshape(-1))
     if steps is None and getattr(process, "N", None) is None:
         raise TypeError(f"the {name!r} sampler needs steps: {type(process).__name__} has no N (its default number of levels)")
     N = process.N if steps is None else check_steps(steps)
@@ -329,7 +347,9 @@ def _predictor_corrector(
         snr = 0.16 if np.all(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) == 1.0) else 0.01
     snr = check_positive(snr, "snr")
 
-    t = time_grid(process, N, spacing=spacing, eps=eps, start=start_time(process, name, prediction, needs_f=True)).times
+    t = time_grid(process, N, spacing=spacing, eps=eps, start=start_time(process, name, prediction, needs_f=True), times=times).times
+    if times is not None:
+        start_time(process, name, prediction, needs_f=True, t_max=t[0])
     predictor_first = order == "predictor_first"
     if predictor_first:
         t_pred, t_next = t[:-1], t[1:]
@@ -359,6 +379,8 @@ def _predictor_corrector(
                 f"(use steps > {getattr(process, 'beta_1', 0):g})"
             )
         c_scale = 2.0 * lang_alpha * snr**2
+        if norm == "expected":  # ||z||^2 -> D, ||s||^2 -> D / sigma^2: eps_i = 2 alpha_i (snr sigma_i)^2
+            c_scale = c_scale * _host(process.sigma(t_corr)) ** 2
     else:
         c_scale = np.zeros(rows)
     if denoise:
@@ -386,7 +408,7 @@ def _predictor_corrector(
         alpha_next=alpha_next,
         sigma_next=sigma_next,
     )
-    step = _pc_step(model, prediction, M, predictor_first, norm == "per_sample")
+    step = _pc_step(model, prediction, M, predictor_first, norm)
     return Sampler(name, plan, init_state, step, final_x, 1 + M, rows * (1 + M), np.asarray(t_pred, dtype=np.float64))
 
 
@@ -400,16 +422,17 @@ def _predictor_sampler(predictor: str):
         snr=None,
         corrector_steps=1,
         order="predictor_first",
-        norm="per_sample",
+        norm="expected",
         denoise=True,
         eps=None,
         prediction=None,
         spacing="linspace",
+        times=None,
     ) -> Sampler:
         return _predictor_corrector(
             predictor, model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
             corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-            prediction=prediction, spacing=spacing,
+            prediction=prediction, spacing=spacing, times=times,
         )
 
     factory.__name__ = factory.__qualname__ = predictor
@@ -435,11 +458,12 @@ def pc(
     snr=None,
     corrector_steps=1,
     order="predictor_first",
-    norm="per_sample",
+    norm="expected",
     denoise=True,
     eps=None,
     prediction=None,
     spacing="linspace",
+    times=None,
 ) -> Sampler:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): ``predictor`` one of
     'euler_maruyama', 'reverse_diffusion' (default), 'ancestral'; Langevin corrector with
@@ -447,7 +471,7 @@ def pc(
     return _predictor_corrector(
         "pc", model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
         corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-        prediction=prediction, spacing=spacing,
+        prediction=prediction, spacing=spacing, times=times,
     )
 
 
