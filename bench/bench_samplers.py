@@ -33,22 +33,27 @@ def configs(discrete, vp, ve):
         ("ddpm ancestral", "ddpm", discrete, "eps", lambda n: {"steps": n}, False),
         ("ddim eta=0", "ddim", discrete, "eps", lambda n: {"steps": n}, True),
         ("ddim eta=1", "ddim", discrete, "eps", lambda n: {"steps": n, "eta": 1.0}, False),
-        ("ddim eta=0 (VP SDE)", "ddim", vp, "eps", lambda n: {"steps": n}, True),
+        ("ddim eta=0 (VP SDE)", "ddim", vp, "eps", lambda n: {"steps": n, "spacing": "linspace"}, True),
+        ("ddim eta=0 (VP SDE) logsnr", "ddim", vp, "eps", lambda n: {"steps": n, "spacing": "logsnr"}, True),
         ("euler_maruyama (VP)", "euler_maruyama", vp, "score", lambda n: {"steps": n}, False),
         ("reverse_diffusion (VP)", "reverse_diffusion", vp, "score", lambda n: {"steps": n}, False),
         ("ancestral (VP)", "ancestral", vp, "score", lambda n: {"steps": n}, False),
         ("pc rd+langevin (VP)", "pc", vp, "score", lambda n: {"steps": n // 2}, False),
+        ("pc rd+langevin (VP), per-sample norms", "pc", vp, "score", lambda n: {"steps": n // 2, "norm": "per_sample"}, False),
         ("pc rd+langevin (VP), batch-mean norms", "pc", vp, "score", lambda n: {"steps": n // 2, "norm": "batch_mean"}, False),
         ("pc rd+langevin (VE)", "pc", ve, "score", lambda n: {"steps": n // 2}, False),
+        ("pc rd+langevin (VE), per-sample norms", "pc", ve, "score", lambda n: {"steps": n // 2, "norm": "per_sample"}, False),
         ("pc rd+langevin (VE), batch-mean norms", "pc", ve, "score", lambda n: {"steps": n // 2, "norm": "batch_mean"}, False),
         ("annealed_langevin (VE)", "annealed_langevin", ve, "score", lambda n: {"num_scales": max(2, n // 5), "steps_per_level": 5}, False),
         ("ode_euler (VP)", "ode_euler", vp, "score", lambda n: {"steps": n}, True),
-        ("ode_heun (VP)", "ode_heun", vp, "score", lambda n: {"steps": max(1, n // 2)}, True),
+        ("ode_heun (VP)", "ode_heun", vp, "score", lambda n: {"steps": max(1, n // 2), "spacing": "linspace"}, True),
+        ("ode_heun (VP) logsnr", "ode_heun", vp, "score", lambda n: {"steps": max(1, n // 2), "spacing": "logsnr"}, True),
         ("ode_rk4 (VP)", "ode_rk4", vp, "score", lambda n: {"steps": max(1, n // 4)}, True),
         ("edm_heun (VP)", "edm_heun", vp, "eps", lambda n: {"steps": max(2, (n + 1) // 2)}, True),
         ("edm_heun (VE)", "edm_heun", ve, "eps", lambda n: {"steps": max(2, (n + 1) // 2)}, True),
         ("dpmpp_2m (discrete)", "dpmpp_2m", discrete, "eps", lambda n: {"steps": n}, True),
-        ("dpmpp_2m (VP)", "dpmpp_2m", vp, "eps", lambda n: {"steps": n}, True),
+        ("dpmpp_2m (VP)", "dpmpp_2m", vp, "eps", lambda n: {"steps": n, "spacing": "linspace"}, True),
+        ("dpmpp_2m (VP) logsnr", "dpmpp_2m", vp, "eps", lambda n: {"steps": n, "spacing": "logsnr"}, True),
     ]
     return [x for x in c if x[1] in SAMPLERS]
 
@@ -108,12 +113,15 @@ def main() -> None:
     exact = exact_flow_map(mix, vp, x_T, eps)
     print("\nRMS error against the exact probability-flow map (VP SDE, 500 samples, x_T fixed; dopri5 at 1e-10 + Tweedie at eps = 1e-3):\n")
     det = [
-        ("ddim eta=0", "ddim", lambda k: {"steps": k}),
+        ("ddim eta=0", "ddim", lambda k: {"steps": k, "spacing": "linspace"}),
+        ("ddim eta=0 logsnr", "ddim", lambda k: {"steps": k, "spacing": "logsnr"}),
         ("ode_euler + denoise", "ode_euler", lambda k: {"steps": max(1, k - 1), "denoise": True}),
-        ("ode_heun + denoise", "ode_heun", lambda k: {"steps": max(1, (k - 1) // 2), "denoise": True}),
-        ("ode_rk4 + denoise", "ode_rk4", lambda k: {"steps": max(1, (k - 1) // 4), "denoise": True}),
+        ("ode_heun + denoise", "ode_heun", lambda k: {"steps": max(1, (k - 1) // 2), "denoise": True, "spacing": "linspace"}),
+        ("ode_heun + denoise logsnr", "ode_heun", lambda k: {"steps": max(1, (k - 1) // 2), "denoise": True, "spacing": "logsnr"}),
+        ("ode_rk4 + denoise", "ode_rk4", lambda k: {"steps": max(1, (k - 1) // 4), "denoise": True, "spacing": "linspace"}),
+        ("ode_rk4 + denoise logsnr", "ode_rk4", lambda k: {"steps": max(1, (k - 1) // 4), "denoise": True, "spacing": "logsnr"}),
         ("edm_heun", "edm_heun", lambda k: {"steps": max(2, (k + 1) // 2)}),
-        ("dpmpp_2m", "dpmpp_2m", lambda k: {"steps": k}),
+        ("dpmpp_2m", "dpmpp_2m", lambda k: {"steps": k, "spacing": "linspace"}),
         ("dpmpp_2m logsnr", "dpmpp_2m", lambda k: {"steps": k, "spacing": "logsnr"}),
     ]
     print("| sampler | " + " | ".join(f"~{s} NFE" for s in steps[:-1]) + " |")

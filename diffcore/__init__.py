@@ -12,6 +12,7 @@ from ._cache import clear_cache
 from .backend import Backend, LoopError, NumPyBackend, StepBudgetExceeded, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .sde import VESDE, VPSDE, subVPSDE
+from .flow import RectifiedFlow
 from .process import Process, marginal_coefficients, marginal_sample
 from .schedules import (
     betas_for_alpha_bar,

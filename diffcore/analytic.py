@@ -276,6 +276,23 @@ class GaussianMixture:
         check_float_array(x, "x")
         return self._score(x, *self._coefficients(process, t, x), divergence=True)
 
+    def marginal_posterior_mean(self, x: Any, t: Any, process: Any) -> Any:
+        """E[x_0 | x_t = x] (Tweedie's x_0 without dividing by alpha), shape of ``x``.
+
+        Per component k the posterior mean is mu_k + alpha s_k^2 (x - alpha mu_k) / (alpha^2 s_k^2 +
+        sigma^2), weighted by the responsibilities at x: finite everywhere, and E[x_0] where alpha = 0.
+        """
+        check_float_array(x, "x")
+        alpha, sigma = self._coefficients(process, t, x)
+        xp, x2 = self._check_x(x)
+        comp, diff, var = self._components(xp, x2, alpha, sigma)
+        resp = self._softmax(xp, comp)
+        means = self._table("_means3", xp, x2.dtype, array_device(x2))
+        var0 = self._table("_variances3", xp, x2.dtype, array_device(x2))
+        post = means + alpha * var0 * diff / var  # (B, K, D)
+        x0 = xp.sum(xp.expand_dims(resp, axis=2) * post, axis=1)
+        return xp.reshape(x0, tuple(x.shape)) if x.ndim != 2 else x0
+
     def as_model(self, process: Any, prediction: str = "eps") -> "MixtureModel":
         """The exact denoiser of this data under ``process``, as a model ``model(x, t_in, cond=None)``."""
         return MixtureModel(self, process, prediction)
@@ -287,7 +304,8 @@ class MixtureModel(Model):
     ``model(x, t_in, cond=None)``: ``t_in`` is the network time input (``process.model_time(t)``),
     mapped back with ``process.time_from_model_time``. The output is the exact marginal score
     ("score"), eps = -sigma score ("eps"), the Tweedie posterior mean x_0 = (x + sigma^2 score) / alpha
-    ("x0"), v = alpha eps - sigma x_0 ("v"), or sigma score ("scaled_score", NCSNv2). ``cond`` is ignored (the data are unconditional).
+    ("x0"), v = alpha eps - sigma x_0 ("v"), u = eps - x_0 ("u"; x_0 from the posterior mean, so x0, v
+    and u stay finite at alpha = 0, where x_0 = E[x_0]), or sigma score ("scaled_score", NCSNv2). ``cond`` is ignored (the data are unconditional).
     """
 
     def __init__(self, mixture: GaussianMixture, process: Any, prediction: str = "eps") -> None:
@@ -309,11 +327,21 @@ class MixtureModel(Model):
 
     def _apply(self, params: Any, x: Any, t_in: Any, cond: Any = None) -> Any:
         t = self.process.time_from_model_time(t_in)
+        alpha = expand_to(self.process.alpha(t, dtype=x.dtype), x)
+        sigma = expand_to(self.process.sigma(t, dtype=x.dtype), x)
+        if self.prediction in ("x0", "v", "u"):
+            # from the posterior mean, not Tweedie's (x + sigma^2 s) / alpha: finite at alpha = 0
+            x0 = self.mixture.marginal_posterior_mean(x, t, self.process)
+            if self.prediction == "x0":
+                return x0
+            # eps from the score (-sigma s, no cancellation at small sigma; finite at alpha = 0 too)
+            eps = -sigma * self.mixture.marginal_score(x, t, self.process)
+            if self.prediction == "v":
+                return param.v_from_eps_x0(eps, x0, alpha, sigma)
+            return param.u_from_eps_x0(eps, x0)
         score = self.mixture.marginal_score(x, t, self.process)
         if self.prediction == "score":
             return score
-        alpha = expand_to(self.process.alpha(t, dtype=x.dtype), x)
-        sigma = expand_to(self.process.sigma(t, dtype=x.dtype), x)
         if self.prediction == "scaled_score":  # NCSNv2's sigma * score
             return sigma * score
         return getattr(param, f"to_{self.prediction}")(score, "score", x, alpha, sigma)

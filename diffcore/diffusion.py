@@ -262,6 +262,26 @@ class GaussianDiffusion:
         check_float_array(z, "z")
         return sum_flat(standard_normal_logp(z))
 
+    # ------------------------------------------- open process interface (diffcore.process)
+    #: integer steps 0 .. num_timesteps - 1: no time derivatives, no continuous time
+    discrete = True
+    #: DDPM's ancestral chain (posterior means and variances of the steps)
+    capabilities = frozenset({"discrete_chain"})
+    t_min = 0
+
+    def time_from_log_snr(self, lam: Any) -> np.ndarray:
+        """The *nearest* step on log(sigma / alpha) = -lam / 2 (host side, int64), clamped to
+        [0, T - 1] (k-diffusion's DiscreteSchedule with ``quantize=True``): the network only knows
+        integer steps, so interpolating between them would feed it times it never saw."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table = -0.5 * np.asarray(self.log_snr_table, dtype=np.float64)  # ascending log sigma~
+            log_s = -0.5 * np.asarray(lam, dtype=np.float64)
+        T = table.shape[0]
+        hi = np.clip(np.searchsorted(table, log_s), 1, T - 1)
+        lo = hi - 1
+        nearer_lo = np.abs(log_s - table[lo]) <= np.abs(table[hi] - log_s)
+        return np.where(nearer_lo, lo, hi).astype(np.int64)
+
     # ---------------------------------------------------------------------- forward process
     def q_mean_variance(self, x_start: Any, t: Any) -> tuple[Any, Any, Any]:
         """Moments of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): (mean, variance, log variance)."""

@@ -44,10 +44,11 @@ from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, c
 from .diffusion import GaussianDiffusion
 from .checks import check_bool, check_callable, check_finite, check_int, check_unit_range
 from .models import split_model
+from .process import drift_coefficients, is_discrete, require_continuous, start_time
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
 from .samplers.ode import pf_ode_drift
-from .samplers.solvers import dopri5
+from .odeint import check_solver_dtype, dopri5
 
 __all__ = [
     "LikelihoodResult",
@@ -187,8 +188,8 @@ def _make_ode_step(
     eps: float,
     rtol: float,
     atol: float,
+    T: float,
 ) -> Callable:
-    T = float(sde.T)
 
     pf_drift = pf_ode_drift(model, sde, prediction)
 
@@ -208,7 +209,8 @@ def _make_ode_step(
                 z = y[0]
                 # div f~ = D f(t) - 1/2 g(t)^2 div s
                 div_s = divergence(z, t)
-                div = D * sde._coef(sde._f, t, z.dtype) - 0.5 * sde._coef(sde._g2, t, z.dtype) * div_s
+                f, g2 = drift_coefficients(sde, t, z.dtype)
+                div = D * f - 0.5 * g2 * div_s
                 return drift(z, t, args), div
 
         else:
@@ -236,7 +238,7 @@ def _make_ode_step(
 
         y0 = (x, xp.zeros((B,), dtype=x.dtype, device=device))
         solver_backend = _BudgetedLoop(bk, state.max_steps)
-        sol = dopri5(solver_backend, fn, y0, float(eps), T, rtol=rtol, atol=atol, max_steps=_BudgetedLoop._NO_LIMIT)
+        sol = dopri5(solver_backend, fn, y0, float(eps), T, rtol=rtol, atol=atol, max_steps=_BudgetedLoop._NO_LIMIT, name="x")
         z_T, delta = sol.y
         logp_T = prior(z_T)
         if logp_T.dtype != x.dtype:
@@ -271,6 +273,7 @@ def ode_likelihood(
     dequantize_8bit: bool = False,
     num_dequant: int = 1,
     cond: Any = None,
+    t_max: float | None = None,
 ) -> LikelihoodResult:
     """-log p_eps(x) by the probability-flow ODE, per example, in nats and bits/dim.
 
@@ -290,6 +293,9 @@ def ode_likelihood(
             the batch); default: the batch position.
         rtol, atol: the solver's tolerances (> 0); max_steps: its budget of attempts per example.
         prior_logp: log p_T replacing ``sde.prior_logp`` (e.g. the exact marginal at T in tests).
+        t_max: where the solve ends (default T; where alpha(T) = 0 and the drift or divergence needs
+            f = alpha'/alpha or x_0 from an eps / score output, the time of log-SNR -15, see
+            :func:`diffcore.process.start_time`); the prior is evaluated there.
         dequantize_8bit: treat x as 8-bit data in [-1, 1]: average over ``num_dequant`` uniform
             dequantisation draws and add the +7 bits/dim offset.
     Returns:
@@ -313,6 +319,7 @@ def ode_likelihood(
     rtol = check_positive(rtol, "rtol")
     atol = check_positive(atol, "atol")
     max_steps = check_steps(max_steps, "max_steps")
+    require_continuous(sde, "ode_likelihood", "for a GaussianDiffusion use vlb_bpd")
     eps = end_time(sde, eps)
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"prior_logp must be callable prior_logp(z) -> (B,); got {type(prior_logp).__name__}")
@@ -328,6 +335,10 @@ def ode_likelihood(
         probes = as_probes(x, probes, cast=True)
     if dequantize_8bit:
         _check_8bit_range(x)
+    check_solver_dtype(xp, x.dtype, "ode_likelihood's adaptive solver")
+    lo_hi = concrete_min_max(x)  # eager arrays: a NaN / inf input stops here, not after the step budget
+    if lo_hi is not None and not all(math.isfinite(float(v)) for v in lo_hi):
+        raise FloatingPointError("ode_likelihood: non-finite input x (NaN or inf); the solve cannot start there")
     device = array_device(x)
     key = bk.key(seed)
     idx = default_dtype(xp, "indexing", device)
@@ -337,10 +348,11 @@ def ode_likelihood(
     prior = prior_logp or sde.prior_logp
 
     prediction = resolve_prediction(model, sde, prediction, "score")
+    T_end = start_time(sde, "ode_likelihood", prediction, needs_f=callable(divergence), t_max=t_max)
     fn, weights = split_model(model, bk)
     step = _reused(
-        fn, ("ode", bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
-        lambda: _make_ode_step(bk, fn, sde, prediction, divergence, prior, eps, rtol, atol),
+        fn, ("ode", bk, fn, sde, prediction, divergence, prior, eps, rtol, atol, T_end),
+        lambda: _make_ode_step(bk, fn, sde, prediction, divergence, prior, eps, rtol, atol, T_end),
     )
     plan = (xp.zeros((1,), dtype=idx, device=device),)
     zeros = xp.zeros((B,), dtype=x.dtype, device=device)
@@ -363,7 +375,7 @@ def ode_likelihood(
         state = _OdeState(data, draw_probes, zeros, zeros, ints, ints, zeros, falses, budget)
         with values_checked_upstream():  # inputs were checked above: no sync per evaluation
             out = bk.loop(step, state, plan, args=ModelArgs(weights, cond))
-        _raise_if_unfinished(out, float(sde.T), max_steps, rtol, atol)
+        _raise_if_unfinished(out, T_end, max_steps, rtol, atol)
         nll = -(out.logp_T + out.delta)
         nll_sum = nll if nll_sum is None else nll_sum + nll
         logp_sum = out.logp_T if logp_sum is None else logp_sum + out.logp_T
@@ -382,8 +394,8 @@ def _raise_if_unfinished(out: _OdeState, T: float, max_steps: int, rtol: float, 
     if failed.any():
         idx = np.flatnonzero(failed)
         raise FloatingPointError(
-            f"ode_likelihood: the drift or divergence was non-finite for example(s) {idx[:10].tolist()} at "
-            f"times {t[idx][:10].tolist()} even at a vanishing step size; the solve was abandoned"
+            f"ode_likelihood: the model returned non-finite values (or the drift or divergence overflowed) for "
+            f"example(s) {idx[:10].tolist()} at times {t[idx][:10].tolist()}; the solve was abandoned"
         )
     if np.any(t != T):
         steps = to_numpy(out.steps)
@@ -552,6 +564,6 @@ def nll(model: Callable[..., Any], process: Any, x: Any, *, backend: Any = None,
     for 8-bit images with the ODE).
     """
     _check_process(process, "nll")
-    if isinstance(process, GaussianDiffusion):
+    if is_discrete(process):
         return vlb_bpd(model, process, x, backend=backend, **options)
     return ode_likelihood(model, process, x, backend=backend, **options)

@@ -4,6 +4,11 @@ All in terms of the marginal x_t = alpha x_0 + sigma eps (alpha, sigma broadcast
 they serve every process (discrete, VP, sub-VP, VE). v = alpha eps - sigma x_0 (Salimans & Ho 2022,
 "Progressive Distillation"); for alpha^2 + sigma^2 != 1 (VE) the inverse below is the general one.
 The score of q(x_t | x_0) at x_t is -eps / sigma.
+
+The flow-velocity prediction "u" = eps - x_0 is what rectified-flow models predict (diffusers'
+flow-matching schedulers; for x_t = (1 - t) x_0 + t eps it is dx_t/dt). From x_t = alpha x_0 +
+sigma eps: x_0 = (x_t - sigma u) / (alpha + sigma), eps = (x_t + alpha u) / (alpha + sigma), finite
+wherever alpha + sigma > 0 -- in particular at alpha = 0, where eps and score outputs cannot give x_0.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ __all__ = [
     "to_score",
     "to_v",
     "to_scaled_score",
+    "u_from_eps_x0",
+    "x0_from_u",
+    "eps_from_u",
+    "to_u",
 ]
 
 #: "scaled_score" is NCSNv2's network output net(x) = sigma * score (Song & Ermon 2020), i.e. -eps.
-PREDICTIONS = ("eps", "x0", "v", "score", "scaled_score")
+#: "u" is the flow velocity eps - x_0 (rectified flow).
+PREDICTIONS = ("eps", "x0", "v", "score", "scaled_score", "u")
 
 
 
@@ -77,6 +87,8 @@ def to_x0(output, prediction: str, x_t, alpha, sigma):
         return output
     if prediction == "v":
         return x0_from_v(x_t, output, alpha, sigma)
+    if prediction == "u":
+        return x0_from_u(x_t, output, alpha, sigma)
     return x0_from_eps(x_t, to_eps(output, prediction, x_t, alpha, sigma), alpha, sigma)
 
 
@@ -91,6 +103,8 @@ def to_eps(output, prediction: str, x_t, alpha, sigma):
         return eps_from_v(x_t, output, alpha, sigma)
     if prediction == "scaled_score":
         return -output
+    if prediction == "u":
+        return eps_from_u(x_t, output, alpha, sigma)
     return eps_from_score(output, sigma)
 
 
@@ -110,7 +124,7 @@ def to_v(output, prediction: str, x_t, alpha, sigma):
     if prediction == "v":
         return output
     eps = to_eps(output, prediction, x_t, alpha, sigma)
-    x0 = output if prediction == "x0" else x0_from_eps(x_t, eps, alpha, sigma)
+    x0 = to_x0(output, prediction, x_t, alpha, sigma)
     return v_from_eps_x0(eps, x0, alpha, sigma)
 
 
@@ -120,6 +134,29 @@ def to_scaled_score(output, prediction: str, x_t, alpha, sigma):
     if prediction == "scaled_score":
         return output
     return -to_eps(output, prediction, x_t, alpha, sigma)
+
+
+def u_from_eps_x0(eps, x0):
+    """u = eps - x_0 (the flow velocity of x_t = (1 - t) x_0 + t eps)."""
+    return eps - x0
+
+
+def x0_from_u(x_t, u, alpha, sigma):
+    """x_0 = (x_t - sigma u) / (alpha + sigma)."""
+    return (x_t - sigma * u) / (alpha + sigma)
+
+
+def eps_from_u(x_t, u, alpha, sigma):
+    """eps = (x_t + alpha u) / (alpha + sigma)."""
+    return (x_t + alpha * u) / (alpha + sigma)
+
+
+def to_u(output, prediction: str, x_t, alpha, sigma):
+    """The flow velocity u = eps - x_0 implied by a network output of kind ``prediction``."""
+    check_prediction(prediction)
+    if prediction == "u":
+        return output
+    return u_from_eps_x0(to_eps(output, prediction, x_t, alpha, sigma), to_x0(output, prediction, x_t, alpha, sigma))
 
 
 def split_learned_variance(model_output, channels: int) -> tuple[Any, Any]:

@@ -178,6 +178,47 @@ class SDE:
         check_time(t, self.T)
         return self._coef(self._g2, t, dtype)
 
+    # -- the open process interface: derivatives, range, inverse, capabilities (diffcore.process) --
+    #: the clean end of the time range (the process starts at t = 0; samplers end at eps > 0)
+    t_min = 0.0
+    #: continuous time (GaussianDiffusion is discrete)
+    discrete = False
+    #: score_sde's discretised predictors: ``discretize`` and ``discretization(n)``
+    capabilities = frozenset({"discretize"})
+
+    def _alpha_prime(self, t: Any) -> Any:
+        raise NotImplementedError
+
+    def _sigma_prime(self, t: Any) -> Any:
+        raise NotImplementedError
+
+    def alpha_prime(self, t: Any, dtype: Any = None) -> Any:
+        """d alpha / dt, shape of ``t``."""
+        check_time(t, self.T)
+        return self._coef(self._alpha_prime, t, dtype)
+
+    def sigma_prime(self, t: Any, dtype: Any = None) -> Any:
+        """d sigma / dt, shape of ``t`` (inf at t = 0 for VP, where sigma = 0)."""
+        check_time(t, self.T)
+        return self._coef(self._sigma_prime, t, dtype)
+
+    def chain_index(self, t: Any) -> Any:
+        """score_sde's map from t to the step of the N-level chain, floor(t (N - 1) / T)."""
+        return VPSDE._step_index(self, t)
+
+    def discretization(self, n: int) -> "SDE":
+        """The same process with an n-level chain (itself when n == N): how score_sde changes the
+        number of steps of its discretised predictors."""
+        raise NotImplementedError
+
+    def corrector_alpha(self, t: Any) -> np.ndarray:
+        """score_sde's Langevin alpha_i at host times ``t``: 1 - beta_i of the chain (VP, sub-VP), 1 (VE)."""
+        t = np.asarray(t, dtype=np.float64)
+        alphas = getattr(self, "alphas", None)
+        if alphas is None:
+            return np.ones_like(t)
+        return np.asarray(alphas, dtype=np.float64)[np.asarray(self.chain_index(t), dtype=np.int64)]
+
 
 class VPSDE(SDE):
     """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min).
@@ -258,6 +299,39 @@ class VPSDE(SDE):
         check_float_array(t_in, "t_in")
         return t_in / (self.N - 1)
 
+    # -- the open process interface ------------------------------------------------------------
+    capabilities = frozenset({"discretize", "ancestral"})
+
+    def _alpha_prime(self, t):
+        return self._alpha(t) * (-0.5 * self._beta(t))
+
+    def _sigma_prime(self, t):
+        a = self._alpha(t)
+        return -a * self._alpha_prime(t) / self._sigma(t)
+
+    def time_from_log_snr(self, lam):
+        """Closed form (host, float64): 1/4 (b1 - b0) t^2 + 1/2 b0 t = c, c = 1/2 log(1 + e^-lam),
+        solved as t = 2c / (b + sqrt(b^2 + 4ac)) (no cancellation as b -> 0)."""
+        lam = np.asarray(lam, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            c = self._log_snr_c(lam)
+        a, b = 0.25 * (self.beta_1 - self.beta_0), 0.5 * self.beta_0
+        return 2.0 * c / (b + np.sqrt(b * b + 4.0 * a * c))
+
+    def _log_snr_c(self, lam):
+        # -log alpha at log-SNR lam: 1/2 log(1 + s^2), s^2 = e^-lam (log1p(e^x) = logaddexp(0, x))
+        return 0.5 * np.logaddexp(0.0, -lam)
+
+    def discretization(self, n):
+        n = check_int(n, "n", 1)
+        return self if n == self.N else type(self)(beta_min=self.beta_0, beta_max=self.beta_1, N=n)
+
+    def ancestral_coefficients(self, t):
+        """score_sde's AncestralSamplingPredictor at host times t: (c_x, c_s, c_z) of
+        x_mean = c_x x + c_s s, x = x_mean + c_z z (VP: 1/sqrt(1 - b), b/sqrt(1 - b), sqrt(b))."""
+        beta = self.discrete_betas[np.asarray(self.chain_index(np.asarray(t, dtype=np.float64)), dtype=np.int64)]
+        return 1.0 / np.sqrt(1.0 - beta), beta / np.sqrt(1.0 - beta), np.sqrt(beta)
+
 
 class subVPSDE(VPSDE):
     """sub-VP: dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - e^{-2 int_0^t beta})) dw.
@@ -279,6 +353,20 @@ class subVPSDE(VPSDE):
         return 2.0 * lmc - 2.0 * xp.log(-xp.expm1(2.0 * lmc))
 
     discretize = SDE.discretize
+
+    # -- the open process interface (sub-VP has no chain: no ancestral predictor) --------------
+    capabilities = frozenset({"discretize"})
+
+    def _sigma_prime(self, t):
+        a = self._alpha(t)
+        return -2.0 * a * self._alpha_prime(t)
+
+    def _log_snr_c(self, lam):
+        # s = (1 - alpha^2) / alpha, so -log alpha = asinh(s / 2), s = e^{-lam / 2}
+        return np.arcsinh(0.5 * np.exp(-0.5 * lam))
+
+    ancestral_coefficients = None
+
 
 
 class VESDE(SDE):
@@ -350,6 +438,34 @@ class VESDE(SDE):
                 f"[{self.sigma_min:g}, {self.sigma_max:g}]); got values from {float(lo_hi[0]):g} to {float(lo_hi[1]):g}"
             )
         return (xp.log(t_in) - math.log(self.sigma_min)) / self.log_ratio
+
+    # -- the open process interface ------------------------------------------------------------
+    capabilities = frozenset({"discretize", "ancestral"})
+
+    def _alpha_prime(self, t):
+        return t * 0.0
+
+    def _sigma_prime(self, t):
+        return self._sigma(t) * self.log_ratio
+
+    def time_from_log_snr(self, lam):
+        """Closed form (host, float64): sigma = e^{-lam / 2}, t = log(sigma / sigma_min) / log(sigma_max / sigma_min)."""
+        lam = np.asarray(lam, dtype=np.float64)
+        return (-0.5 * lam - math.log(self.sigma_min)) / self.log_ratio
+
+    def discretization(self, n):
+        n = check_int(n, "n", 1)
+        return self if n == self.N else type(self)(sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=n)
+
+    def ancestral_coefficients(self, t):
+        """score_sde's AncestralSamplingPredictor on the NCSN ladder at host times t: (1, sigma_j^2 -
+        sigma_{j-1}^2, sqrt(sigma_{j-1}^2 (sigma_j^2 - sigma_{j-1}^2) / sigma_j^2))."""
+        t = np.asarray(t, dtype=np.float64)
+        j = np.asarray(self.chain_index(t), dtype=np.int64)
+        sig = self.discrete_sigmas[j]
+        adj = np.where(j == 0, 0.0, self.discrete_sigmas[np.maximum(j - 1, 0)])
+        var = sig**2 - adj**2
+        return np.ones_like(t), var, np.sqrt(adj**2 * var / sig**2)
 
 
 class ReverseSDE:

@@ -352,7 +352,9 @@ def test_as_model_is_the_exact_denoiser(name):
     alpha, sigma = (c[:, None] for c in _coeffs_np(name, t))
     out = {kind: g.as_model(p, kind)(x, t_in) for kind in param.PREDICTIONS}
     for kind, value in out.items():  # every output converts back to the exact score
-        np.testing.assert_allclose(param.to_score(value, kind, x, alpha, sigma), score, rtol=1e-8, atol=1e-8, err_msg=kind)
+        # x0 (the posterior mean, computed directly) back to the score divides by sigma^2: round-off grows at small sigma
+        tol_back = 1e-7 if kind == "x0" else 1e-8
+        np.testing.assert_allclose(param.to_score(value, kind, x, alpha, sigma), score, rtol=tol_back, atol=tol_back, err_msg=kind)
     tol = dict(rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(out["score"], score, **tol)
     np.testing.assert_allclose(out["eps"], -sigma * score, **tol)

@@ -140,7 +140,7 @@ def test_convergence_order_on_sub_vp():
 
 def _stage_to_start(plan):
     """Heun mutant: the corrector evaluated at the step's start time instead of its end."""
-    return plan._replace(**{f"{k}_1": getattr(plan, f"{k}_0") for k in ("t_in", "alpha", "sigma", "f", "g2")})
+    return plan._replace(**{f"{k}_1": getattr(plan, f"{k}_0") for k in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma")})
 
 
 @pytest.mark.parametrize(
@@ -148,8 +148,8 @@ def _stage_to_start(plan):
     [
         ("ode_heun", {}, _stage_to_start, (40, 80, 160, 320), "order1"),
         ("ode_heun", {}, lambda p: p._replace(b_0=p.dt, b_1=p.dt), (20, 40, 80, 160), "fails"),  # dropped 1/2
-        ("ode_rk4", {}, lambda p: p._replace(a_3=p.a_3 / 2), (20, 40, 80, 160), "order1"),  # last stage input off its time
-        ("ode_euler", {}, lambda p: p._replace(g2_0=2 * p.g2_0), (40, 80, 160, 320), "fails"),  # reverse-SDE drift, no 1/2
+        ("ode_rk4", {}, lambda p: p._replace(a_3_2=p.a_3_2 / 2), (20, 40, 80, 160), "order1"),  # last stage input off its time
+        ("ode_euler", {}, lambda p: p._replace(d_sigma_0=2 * p.d_sigma_0), (40, 80, 160, 320), "fails"),  # sigma' doubled
         ("edm_heun", {}, lambda p: p._replace(w_corr=2 * p.w_corr), (10, 20, 40, 80), "fails"),  # dropped 1/2
         ("edm_heun", {}, lambda p: p._replace(t_in_corr=p.t_in_hat, alpha_corr=p.alpha_hat, s_corr=p.s_hat), (20, 40, 80, 160), "order1"),
         ("dpmpp_2m", {"spacing": "logsnr"}, lambda p: p._replace(w_cur=np.ones_like(p.w_cur), w_prev=np.zeros_like(p.w_prev)), (20, 40, 80, 160), "order1"),
@@ -523,7 +523,7 @@ def test_nonfinite_output_names_step_and_time():
     def blows_up(x, t_in):
         return np.where(t_in[:, None] < 500, np.nan, 0.0 * x)
 
-    with pytest.raises(FloatingPointError, match=r"non-finite value at step 6 \(time 0.46 "):
+    with pytest.raises(FloatingPointError, match=r"state became non-finite at step 6 \(time 0.46 .*may have returned NaN"):
         sample("ode_euler", blows_up, p, (3, 2), steps=10, eps=0.1 + 1e-12)
 
 
@@ -578,3 +578,130 @@ def test_edm_starts_from_noise_at_its_own_sigma_max():
                             prediction="eps", sigma_max=10.0).x
         # from pure noise at sigma~ = 10 the data std 1 is reached up to 1/sqrt(1 + 1/100) and sampling noise
         assert abs(np.std(x) - 1.0) < 0.05, (type(process).__name__, np.std(x))
+
+
+# ------------------------------------------------------------------------------- faults
+
+def _counting_nan(model, nan_at_start=False):
+    calls = []
+
+    def counted(x, t_in, cond=None):
+        calls.append(1)
+        out = model(x, t_in)
+        return out * np.nan if nan_at_start else out
+
+    return counted, calls
+
+
+def test_dopri5_stops_at_once_on_a_nonfinite_start():
+    """A NaN x_T, a model that returns NaN from its first call, or float16 stop ode_dopri5 and
+    ode_likelihood at once (< 100 model calls; 60,002 before), naming the cause."""
+    p = VPSDE()
+    exact = _gaussian().as_model(p, "eps")
+    x_T = _x_T(p, n=4)
+    bad = x_T.copy()
+    bad[1, 2] = np.nan
+    model, calls = _counting_nan(exact)
+    with pytest.raises(FloatingPointError, match="x_T holds non-finite values"):
+        sample("ode_dopri5", model, p, (4, 3), x_T=bad)
+    assert len(calls) == 0
+    model, calls = _counting_nan(exact, nan_at_start=True)
+    with pytest.raises(FloatingPointError, match=r"the model\) returned non-finite values at the start time t0 = 1"):
+        sample("ode_dopri5", model, p, (4, 3), x_T=x_T)
+    assert len(calls) < 100
+    model, calls = _counting_nan(exact)
+    with pytest.raises(TypeError, match="float16 is not supported by the adaptive Dormand-Prince solver.*use float32"):
+        sample("ode_dopri5", model, p, (4, 3), x_T=x_T.astype(np.float16))
+    assert len(calls) < 100
+    # the likelihood: NaN input, NaN model, float16
+    score = _gaussian().as_model(p, "score")
+    div = lambda z, t: _gaussian().marginal_score_divergence(z, t, p)  # noqa: E731
+    model, calls = _counting_nan(score)
+    with pytest.raises(FloatingPointError, match="non-finite input x"):
+        diffcore.ode_likelihood(model, p, bad, divergence=div)
+    with pytest.raises(TypeError, match="float16 is not supported by ode_likelihood's adaptive solver"):
+        diffcore.ode_likelihood(model, p, x_T.astype(np.float16), divergence=div)
+    assert len(calls) == 0
+    model, calls = _counting_nan(score, nan_at_start=True)
+    with pytest.raises(FloatingPointError, match=r"returned non-finite values at the start time t0 = 1e-05"):
+        diffcore.ode_likelihood(model, p, x_T, divergence=div)
+    assert len(calls) < 100
+
+
+def test_dopri5_nan_start_under_jit_fails_fast():
+    """Inside jax.jit no value can be read: the solve marks the examples failed on its first attempt
+    (a non-finite slope, state or step size cannot be cured by a smaller step) instead of running on."""
+    jax = pytest.importorskip("jax")
+    bk = diffcore.backend("jax")
+    xp = bk.xp
+
+    def solve(y):
+        r = dopri5(bk, lambda t, v: v * xp.nan, y, 1.0, 0.0, rtol=1e-5, atol=1e-5, raise_on_failure=False)
+        return r.failed, r.nfe_total
+
+    failed, evals = jax.jit(solve)(xp.ones((2, 2)))
+    assert np.asarray(failed).tolist() == [True, True]
+    assert int(evals) < 100
+
+
+# ------------------------------------------------------------------------ explicit grids
+
+
+def test_explicit_grids_reproduce_the_built_in_ones():
+    """times= / sigmas= in place of steps give exactly the samplers' own grids (another library's
+    schedule can be copied this way)."""
+    p = VPSDE()
+    model = _gaussian().as_model(p, "eps")
+    x_T = _x_T(p)
+    lin = np.linspace(1.0, 1e-3, 11)
+    for name, opts, explicit in [
+        ("ode_heun", dict(steps=10, spacing="linspace"), dict(times=lin)),
+        ("ode_rk4", dict(steps=10, spacing="linspace"), dict(times=lin)),
+        ("ddim", dict(steps=11, spacing="linspace"), dict(times=lin)),
+        ("dpmpp_2m", dict(steps=11, spacing="linspace"), dict(times=lin)),
+        ("edm_heun", dict(steps=8), dict(sigmas=np.append(diffcore.karras_sigmas(8, build("edm_heun", model, p, steps=8).plan.s_hat[-1], build("edm_heun", model, p, steps=8).plan.s_hat[0]), 0.0))),
+    ]:
+        a = sample(name, model, p, x_T.shape, x_T=x_T, **opts).x
+        b = sample(name, model, p, x_T.shape, x_T=x_T, **explicit).x
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=name)
+    # a different grid gives different samples (the option is not ignored)
+    other = sample("ode_heun", model, p, x_T.shape, x_T=x_T, times=lin ** 2 * 0.999 + 1e-3).x
+    assert np.max(np.abs(other - sample("ode_heun", model, p, x_T.shape, x_T=x_T, times=lin).x)) > 1e-4
+    # a GaussianDiffusion takes kept original steps, ascending or descending
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    md = _gaussian().as_model(d, "eps")
+    kept = [0, 10, 30, 60, 99]
+    up = sample("ddim", md, d, x_T.shape, x_T=x_T, times=kept)
+    down = sample("ddim", md, d, x_T.shape, x_T=x_T, times=kept[::-1])
+    np.testing.assert_array_equal(up.x, down.x)
+    assert up.nfe == 5
+    np.testing.assert_array_equal(build("ddim", md, d, times=kept).times, kept[::-1])
+    # the predictor-corrector family takes times with Euler-Maruyama
+    pm = _gaussian().as_model(p, "score")
+    ts = np.linspace(1.0, 1e-3, 30)
+    a = sample("euler_maruyama", pm, p, x_T.shape, x_T=x_T, steps=30, seed=1).x
+    b = sample("euler_maruyama", pm, p, x_T.shape, x_T=x_T, times=ts, seed=1).x
+    np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_explicit_grids_are_validated():
+    p = VPSDE()
+    model = _gaussian().as_model(p, "eps")
+    cases = [
+        ("ode_heun", dict(times=[1.0, 0.5, 0.7, 0.1]), ValueError, "times must be strictly decreasing"),
+        ("ddim", dict(times=[1.2, 0.5, 0.1]), ValueError, r"times must lie in \[0, 1\] for VPSDE; got values from 0.1 to 1.2"),
+        ("dpmpp_2m", dict(times=[1.0, 0.5, 0.0]), ValueError, "times must end above t_min = 0 for VPSDE"),
+        ("ode_euler", dict(times=[1.0, float("nan")]), ValueError, "times must be finite"),
+        ("ode_euler", dict(times=[0.5]), ValueError, "times must hold at least 2 times"),
+        ("edm_heun", dict(sigmas=[1.0, 2.0, 0.0]), ValueError, "sigmas must hold at least 2 finite values > 0 in strictly decreasing order"),
+        ("edm_heun", dict(sigmas=[1e5, 1.0]), ValueError, r"sigma_max must lie in the process's range"),
+        ("pc", dict(times=[1.0, 0.5, 0.1]), ValueError, "times= needs predictor='euler_maruyama'"),
+    ]
+    for name, opts, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            build(name, model, p, **opts)
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    with pytest.raises(ValueError, match="times of a GaussianDiffusion must be integer steps"):
+        build("ddim", _gaussian().as_model(d, "eps"), d, times=[99, 50.5, 0])
+    with pytest.raises(ValueError, match=r"times must lie in \[0, 99\]"):
+        build("ddim", _gaussian().as_model(d, "eps"), d, times=[100, 50, 0])

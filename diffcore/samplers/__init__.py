@@ -15,7 +15,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, NamedTuple
 
-from .._array import array_device, array_namespace, as_like, check_float_array, values_checked_upstream
+import math
+
+from .._array import array_device, array_namespace, as_like, check_float_array, concrete_min_max, values_checked_upstream
 from .._cache import cached
 from ..backend import Backend, backend as _get_backend, check_backend_array, check_shape
 from ..models import ModelFn, split_model
@@ -205,6 +207,12 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
         check_backend_array(bk, x_T, "x_T")
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
+    lo_hi = concrete_min_max(x_T)  # eager arrays only (one read): a NaN start is not the model's fault
+    if lo_hi is not None and not all(math.isfinite(float(v)) for v in lo_hi):
+        raise FloatingPointError(
+            f"sampler {sampler.name!r}: x_T holds non-finite values (NaN or inf) before the first step; "
+            "check the x_T passed in, or the prior draw in this dtype"
+        )
     if mask is not None or known is not None:  # converted once, here: the loop must not convert or move them
         if mask is None or known is None:
             raise ValueError("inpainting needs both mask and known (the observation); got only one of them")
@@ -228,9 +236,11 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
             state = bk.loop(sampler.step, state, plan, **loop_options)
     bad = int(state.bad_step)
     if bad >= 0:
+        when = sampler.times[bad] if bad < len(sampler.times) else sampler.times[-1]
         raise FloatingPointError(
-            f"sampler {sampler.name!r}: the model returned a non-finite value at step {bad} "
-            f"(time {sampler.times[bad]:g} of the process); the samples were discarded"
+            f"sampler {sampler.name!r}: the state became non-finite at step {bad} (time {when:g} of the process); "
+            f"the model may have returned NaN or inf there, or a step size or coefficient overflowed or "
+            f"underflowed in {x_T.dtype} (e.g. the corrector's step in float16); the samples were discarded"
         )
     nfe = sampler.nfe if sampler.nfe is not None else int(state.nfe)
     return SampleResult(sampler.result(state), nfe)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace
-from ..diffusion import GaussianDiffusion
+from ..process import is_discrete, require, start_time
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
     resolve_prediction,
@@ -63,11 +63,10 @@ class DDPMPlan(NamedTuple):
 def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, prediction=None) -> Sampler:
     """DDPM ancestral sampling with the process's variance type (fixed_small, fixed_large, learned
     types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4)."""
-    if not isinstance(process, GaussianDiffusion):
-        raise TypeError(
-            f"the 'ddpm' sampler needs a GaussianDiffusion process; got {type(process).__name__} "
-            "(for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama')"
-        )
+    require(
+        process, "discrete_chain", "ddpm",
+        "DDPM's ancestral chain, e.g. a GaussianDiffusion; for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama'",
+    )
     prediction = resolve_prediction(model, process, prediction, "eps")
     chain = process if steps is None else process.respace(steps, spacing)
     T = chain.num_timesteps
@@ -126,7 +125,9 @@ def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False,
         x_next = mean + p.noise_scale * xp.exp(0.5 * log_var) * noise_i[:, 0, ...]
         return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
-    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(t, dtype=np.float64))
+    # error messages name the process's own step: the original step of a respaced chain
+    original = np.asarray(getattr(chain, "timestep_map", t))[t]
+    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(original, dtype=np.float64))
 
 
 # ----------------------------------------------------------------------------------------- DDIM
@@ -153,8 +154,12 @@ def ddim(
     eps=None,
     clip_denoised=False,
     prediction=None,
+    times=None,
 ) -> Sampler:
-    """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance)."""
+    """DDIM with stochasticity ``eta`` in [0, 1] (eta = 1: the ancestral sampler's variance).
+
+    ``times``: an explicit grid in place of ``steps`` (continuous: strictly decreasing times in the
+    process's range; GaussianDiffusion: the kept original steps, ascending or descending)."""
     try:
         eta = float(eta)
     except (TypeError, ValueError):
@@ -162,7 +167,10 @@ def ddim(
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
     prediction = resolve_prediction(model, process, prediction, "eps")
-    grid = time_grid(process, steps, spacing=spacing, eps=eps)
+    start = None if is_discrete(process) else start_time(process, "ddim", prediction)
+    grid = time_grid(process, steps, spacing=spacing, eps=eps, start=start, times=times)
+    if times is not None and not is_discrete(process):
+        start_time(process, "ddim", prediction, t_max=grid.times[0])  # alpha = 0 there needs x0 / v / u
     alpha, sigma = grid.alpha, grid.sigma
     alpha_next = np.append(alpha[1:], 1.0)
     sigma_next = np.append(sigma[1:], 0.0)

@@ -33,9 +33,18 @@ import numpy as np
 
 from .._array import array_device, array_namespace, default_dtype, expand_to
 from ..backend import backend_for, check_max_steps
-from ..diffusion import GaussianDiffusion
 from ..models import ModelFn, split_model
-from ..parametrization import to_score
+from ..parametrization import to_eps, to_score, to_x0
+from ..process import (
+    host_coefficients,
+    host_log_snr,
+    is_discrete,
+    pf_velocity,
+    require_continuous,
+    start_time,
+    time_from_log_snr,
+    time_range,
+)
 from ..schedules import karras_sigmas
 from ._base import (
     resolve_prediction,
@@ -52,8 +61,8 @@ from ._base import (
     flag_nonfinite,
     initial_flag,
 )
-from .grid import default_eps, end_time, time_grid
-from .solvers import dopri5
+from .grid import SPACINGS, _zero_noise_at_start, check_times, default_eps, end_time, time_grid
+from ..odeint import EULER, HEUN, RK4, Tableau, dopri5, rk_stages
 
 __all__ = [
     "ode_euler",
@@ -74,11 +83,10 @@ __all__ = [
 
 
 def _check_sde(process: Any, sampler: str) -> None:
-    if isinstance(process, GaussianDiffusion) or not callable(getattr(process, "diffusion_squared", None)):
-        raise TypeError(
-            f"the {sampler!r} sampler integrates the probability-flow ODE of an SDE (VPSDE, subVPSDE, VESDE); "
-            f"got {type(process).__name__} (for a GaussianDiffusion use 'ddim', 'edm_heun' or 'dpmpp_2m')"
-        )
+    require_continuous(
+        process, sampler,
+        "it integrates the probability-flow ODE of an SDE; for a GaussianDiffusion use 'ddim', 'edm_heun' or 'dpmpp_2m'",
+    )
 
 
 def _host(a: Any) -> np.ndarray:
@@ -86,16 +94,11 @@ def _host(a: Any) -> np.ndarray:
 
 
 def _sde_coefficients(process: Any, t: np.ndarray) -> dict:
-    """f, g^2, alpha, sigma and the network time at host times ``t`` (float64 NumPy)."""
-    t = np.asarray(t, dtype=np.float64)
-    drift, _ = process.sde(np.ones((t.shape[0], 1)), t)  # f(t) x at x = 1
-    return {
-        "f": _host(drift)[:, 0],
-        "g2": _host(process.diffusion_squared(t)),
-        "alpha": _host(process.alpha(t)),
-        "sigma": _host(process.sigma(t)),
-        "t_in": _host(process.model_time(t)),
-    }
+    """f, g^2 (derived from alpha, sigma and their derivatives), alpha, sigma and the network time
+    at host times ``t`` (float64 NumPy)."""
+    out = host_coefficients(process, t)
+    out["t_in"] = _host(out["t_in"])
+    return out
 
 
 def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,65 +136,32 @@ def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def time_from_sigma_ratio(process: Any, s: Any) -> np.ndarray:
-    """The process time whose sigma / alpha equals ``s`` (host side, float64 NumPy).
+    """The process time whose sigma / alpha equals ``s`` (host side, float64 NumPy): the process's
+    inverse of the noise level at log-SNR -2 log s (:func:`diffcore.process.time_from_log_snr`:
+    closed forms for VE, VP and sub-VP, the nearest step of a discrete chain -- k-diffusion's
+    ``quantize=True`` -- and float64 bisection for any other process).
 
-    - VE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t, so t = log(s / sigma_min) /
-      log(sigma_max / sigma_min).
-    - VP: s^2 = 1 / alpha^2 - 1 = exp(1/2 t^2 (b1 - b0) + t b0) - 1: the quadratic
-      1/4 (b1 - b0) t^2 + 1/2 b0 t - 1/2 log(1 + s^2) = 0, solved in its cancellation-free form.
-    - sub-VP: s = (1 - alpha^2) / alpha, so alpha = 2 / (s + sqrt(s^2 + 4)) and the same quadratic
-      with -log alpha = asinh(s / 2).
-    - GaussianDiffusion: the *nearest* step on log sigma~ (k-diffusion's DiscreteSchedule with
-      ``quantize=True``); an integer step, clamped to [0, T - 1]. The network only knows integer
-      steps, so interpolating between them (``quantize=False``) would feed it times it never saw.
-
-    Values outside the process's range raise (SDEs); tiny rounding past an end is clipped.
+    Values outside the process's range raise; tiny rounding past an end is clipped.
     """
     s = np.asarray(s, dtype=np.float64)
     if np.any(~np.isfinite(s)) or np.any(s < 0):
         raise ValueError(f"s (sigma / alpha) must be finite and >= 0; got values from {s.min()} to {s.max()}")
-    if isinstance(process, GaussianDiffusion):
-        with np.errstate(divide="ignore"):
-            table = 0.5 * (np.log(process.one_minus_alphas_cumprod) - np.log(process.alphas_cumprod))
-            log_s = np.log(s)
-        T = table.shape[0]
-        hi = np.clip(np.searchsorted(table, log_s), 1, T - 1)
-        lo = hi - 1
-        nearer_lo = np.abs(log_s - table[lo]) <= np.abs(table[hi] - log_s)
-        return np.where(nearer_lo, lo, hi).astype(np.int64)
-    # local imports keep this module free of import cycles with diffcore.sde
-    from ..sde import VESDE, VPSDE, subVPSDE
-
-    if isinstance(process, VESDE):
-        with np.errstate(divide="ignore"):
-            t = (np.log(s) - math.log(process.sigma_min)) / process.log_ratio
-    elif isinstance(process, (VPSDE, subVPSDE)):
-        a = 0.25 * (process.beta_1 - process.beta_0)
-        b = 0.5 * process.beta_0
-        c = np.arcsinh(0.5 * s) if isinstance(process, subVPSDE) else 0.5 * np.log1p(s * s)
-        # a t^2 + b t - c = 0, t >= 0: t = 2c / (b + sqrt(b^2 + 4ac)) (no cancellation as b -> 0)
-        t = 2.0 * c / (b + np.sqrt(b * b + 4.0 * a * c))
-    else:
-        raise TypeError(
-            f"time_from_sigma_ratio knows VESDE, VPSDE, subVPSDE and GaussianDiffusion; got {type(process).__name__}"
-        )
-    T = process.T
-    tol = 1e-9 * T
-    if np.any(t < -tol) or np.any(t > T + tol):
+    with np.errstate(divide="ignore"):
+        lam = -2.0 * np.log(s)
+    try:
+        return time_from_log_snr(process, lam)
+    except ValueError:
         lo, hi = (float(v) for v in _sigma_ratio_range(process))
+        T = time_range(process)[1]
         raise ValueError(
-            f"s (sigma / alpha) must lie in [{lo:g}, {hi:g}] for {type(process).__name__} (times 0..{T:g}); "
-            f"got values from {float(s.min()):g} to {float(s.max()):g}"
-        )
-    return np.clip(t, 0.0, T)
+            f"s (sigma / alpha) must lie in [{lo:g}, {hi:g}] for {type(process).__name__} (times "
+            f"{time_range(process)[0]:g}..{T:g}); got values from {float(s.min()):g} to {float(s.max()):g}"
+        ) from None
 
 
 def _sigma_ratio_range(process: Any) -> tuple[float, float]:
     """(sigma~ at the clean end, sigma~ at the noisy end) of a process: time 0 .. T, or steps 0 .. T-1."""
-    if isinstance(process, GaussianDiffusion):
-        ends = np.array([0, process.num_timesteps - 1])
-    else:
-        ends = np.array([0.0, process.T])
+    ends = np.array(time_range(process))
     with np.errstate(divide="ignore"):
         ratio = _host(process.sigma(ends)) / _host(process.alpha(ends))
     return float(ratio[0]), float(ratio[1])
@@ -205,7 +175,7 @@ def _sigma_ratio_coefficients(process: Any, s: np.ndarray) -> tuple[np.ndarray, 
     """
     t = time_from_sigma_ratio(process, s)
     t_in = np.asarray(process.model_time(t))
-    if isinstance(process, GaussianDiffusion):
+    if is_discrete(process):
         alpha = 1.0 / np.sqrt(1.0 + s * s)
     else:
         alpha = _host(process.alpha(t))
@@ -214,61 +184,71 @@ def _sigma_ratio_coefficients(process: Any, s: np.ndarray) -> tuple[np.ndarray, 
 
 # ------------------------------------------------------------------- PF-ODE, fixed steps
 
-# Explicit Runge-Kutta tableaux whose stage k uses only stage k - 1 (Euler, Heun, classic RK4).
-_TABLEAUX = {
-    "euler": ((0.0,), (), (1.0,)),
-    "heun": ((0.0, 1.0), (1.0,), (0.5, 0.5)),
-    "rk4": ((0.0, 0.5, 0.5, 1.0), (0.5, 0.5, 1.0), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
-}
+# The explicit Runge-Kutta tableaux of the fixed-step samplers (diffcore.odeint, one engine)
+_TABLEAUX = {"euler": EULER, "heun": HEUN, "rk4": RK4}
 
 
-def _rk_plan_class(method: str, stages: int) -> type:
+def _stage_inputs(tableau: Tableau) -> list:
+    """(i, j) of the nonzero entries of the stage matrix: the plan's columns a_i_j = A_ij dt."""
+    return [(i, j) for i, row in enumerate(tableau.A) for j, a in enumerate(row) if a != 0.0]
+
+
+def _rk_plan_class(tableau: Tableau) -> type:
+    stages = len(tableau.c)
     fields = [("index", np.ndarray), ("t", np.ndarray), ("t_next", np.ndarray), ("dt", np.ndarray)]
     for k in range(stages):
-        fields += [(f"{name}_{k}", np.ndarray) for name in ("t_in", "alpha", "sigma", "f", "g2")]
-    fields += [(f"a_{k}", np.ndarray) for k in range(1, stages)]
+        fields += [(f"{name}_{k}", np.ndarray) for name in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma")]
+    fields += [(f"a_{i}_{j}", np.ndarray) for i, j in _stage_inputs(tableau)]
     fields += [(f"b_{k}", np.ndarray) for k in range(stages)]
     fields += [("alpha_next", np.ndarray), ("sigma_next", np.ndarray)]
-    return NamedTuple(f"ODE{method.capitalize()}Plan", fields)
+    return NamedTuple(f"ODE{tableau.name.capitalize()}Plan", fields)
 
 
-EulerPlan = _rk_plan_class("euler", 1)
-HeunPlan = _rk_plan_class("heun", 2)
-RK4Plan = _rk_plan_class("rk4", 4)
-_PLANS = {"euler": EulerPlan, "heun": HeunPlan, "rk4": RK4Plan}
-
-
-def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction) -> Sampler:
-    """Explicit RK of the PF-ODE on ``linspace(T, eps, steps + 1)``.
+def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, prediction, spacing="linspace", times=None) -> Sampler:
+    """Explicit RK of the PF-ODE on ``steps + 1`` times from the start (T, or below where alpha(T) = 0
+    and the prediction cannot give x_0 there) to eps, uniform in t (``spacing="linspace"``) or in
+    log-SNR (``"logsnr"``).
 
     Row i is one RK step from t_i to t_{i+1}: stage k is evaluated at t_i + c_k dt (columns
-    ``t_in_k, alpha_k, sigma_k, f_k, g2_k``) with input x + a_k K_{k-1} (a_k = tableau * dt) and
-    slope K_k = f_k x_k - 1/2 g2_k s(x_k, t_k); the step returns x + sum_k b_k K_k (b_k = weights *
-    dt). With ``denoise`` one more row maps x at eps to Tweedie's x_0 = (x + sigma^2 s) / alpha,
-    written in the same form: one stage with b_0 = 1, f_0 = 1/alpha - 1 and g2_0 = -2 sigma^2 / alpha
-    (x + K_0 is then exactly Tweedie's formula), the other stages weighted 0. Its ``alpha_next``, ``sigma_next`` are 1, 0. The sampler's driver runs
-    that row with one model call; ``step`` on it gives the same numbers with extra (unused) calls.
+    ``t_in_k, alpha_k, sigma_k, d_alpha_k, d_sigma_k``) with input x + a_k K_{k-1} (a_k = tableau *
+    dt) and slope K_k = alpha'_k x0_hat + sigma'_k eps_hat (the PF-ODE velocity, finite at alpha = 0
+    for x0 / v / u predictions); the step returns x + sum_k b_k K_k (b_k = weights * dt). With
+    ``denoise`` one more row maps x at eps to Tweedie's x_0 in the same form: one stage with b_0 = 1,
+    d_alpha_0 = 1 - alpha and d_sigma_0 = -sigma (x + K_0 = x0_hat since x = alpha x0_hat + sigma
+    eps_hat), the other stages weighted 0; its ``alpha_next``, ``sigma_next`` are 1, 0. The sampler's
+    driver runs that row with one model call; ``step`` on it gives the same numbers with extra
+    (unused) calls.
     """
     name = f"ode_{method}"
     _check_sde(process, name)
     steps = check_steps(steps)
     eps = end_time(process, eps)
     prediction = resolve_prediction(model, process, prediction, "eps")
-    c, a, b = _TABLEAUX[method]
-    S = len(c)
-    Plan = _PLANS[method]
+    tableau = _TABLEAUX[method]
+    c, b, S = tableau.c, tableau.b, len(tableau.c)
+    entries = _stage_inputs(tableau)
+    Plan = _rk_plan_class(tableau)
 
-    t_grid = np.linspace(process.T, eps, steps + 1)
+    check_choice(spacing, SPACINGS, "spacing")
+    if times is not None:  # an explicit grid of steps + 1 points, start and end included
+        t_grid = check_times(process, times)
+        if t_grid.shape[0] < 2:
+            raise ValueError(f"times must hold at least 2 times (one step) for {name}; got {t_grid.tolist()}")
+        start_time(process, name, prediction, t_max=t_grid[0])
+        steps, eps = t_grid.shape[0] - 1, float(t_grid[-1])
+    else:
+        t_start = start_time(process, name, prediction)
+        t_grid = time_grid(process, steps + 1, spacing=spacing, eps=eps, start=t_start).times
     t, t_next = t_grid[:-1], t_grid[1:]
     dt = t_next - t
     cols: dict[str, np.ndarray] = {"index": np.arange(steps), "t": t, "t_next": t_next, "dt": dt}
     for k in range(S):
         tk = t_next.copy() if c[k] == 1.0 else t + c[k] * dt  # the last stage lands exactly on t_next
         coef = _sde_coefficients(process, tk)
-        for key in ("t_in", "alpha", "sigma", "f", "g2"):
+        for key in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma"):
             cols[f"{key}_{k}"] = coef[key]
-    for k in range(1, S):
-        cols[f"a_{k}"] = a[k - 1] * dt
+    for i, j in entries:
+        cols[f"a_{i}_{j}"] = tableau.A[i][j] * dt
     for k in range(S):
         cols[f"b_{k}"] = b[k] * dt
     end = _sde_coefficients(process, np.array([eps]))
@@ -279,12 +259,12 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
         alpha_e, sigma_e = end["alpha"][0], end["sigma"][0]
         row = {"index": steps, "t": eps, "t_next": eps, "dt": 0.0, "alpha_next": 1.0, "sigma_next": 0.0}
         for k in range(S):
-            for key in ("t_in", "alpha", "sigma", "f", "g2"):
+            for key in ("t_in", "alpha", "sigma", "d_alpha", "d_sigma"):
                 row[f"{key}_{k}"] = end[key][0]
-        row["f_0"] = 1.0 / alpha_e - 1.0
-        row["g2_0"] = -2.0 * sigma_e**2 / alpha_e
-        for k in range(1, S):
-            row[f"a_{k}"] = 0.0
+        row["d_alpha_0"] = 1.0 - alpha_e  # x + (1 - alpha) x0 - sigma eps = x0 (x = alpha x0 + sigma eps)
+        row["d_sigma_0"] = -sigma_e
+        for i, j in entries:
+            row[f"a_{i}_{j}"] = 0.0
         for k in range(S):
             row[f"b_{k}"] = 1.0 if k == 0 else 0.0
         cols = {key: np.append(col, row[key]) for key, col in cols.items()}
@@ -294,15 +274,18 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     def make_step(used: int):
         def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
             p = Plan(*plan_i)
-            x = state.x
-            x_next = x
-            slope = None
-            for k in range(used):
-                xk = x if k == 0 else x + getattr(p, f"a_{k}") * slope
+
+            def slope(k: int, y: tuple) -> tuple:
+                xk = y[0]
                 out = call_model(model, args, xk, getattr(p, f"t_in_{k}"))
-                score = to_score(out, prediction, xk, getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}"))
-                slope = getattr(p, f"f_{k}") * xk - 0.5 * getattr(p, f"g2_{k}") * score
-                x_next = x_next + getattr(p, f"b_{k}") * slope
+                a_k, s_k = getattr(p, f"alpha_{k}"), getattr(p, f"sigma_{k}")
+                x0 = to_x0(out, prediction, xk, a_k, s_k)
+                eps = to_eps(out, prediction, xk, a_k, s_k)
+                return (pf_velocity(getattr(p, f"d_alpha_{k}"), getattr(p, f"d_sigma_{k}"), x0, eps),)
+
+            A = [[(j, getattr(p, f"a_{i}_{j}")) for ii, j in entries if ii == i] for i in range(used)]
+            b_used = [(k, getattr(p, f"b_{k}")) for k in range(used)]
+            (x_next,), _ = rk_stages(slope, (state.x,), A, b_used)
             return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
 
         return step
@@ -313,27 +296,28 @@ def _fixed_step_ode(method: str, model, process, *, steps, eps, denoise_end, pre
     return Sampler(name, plan, init_state, step, final_x, 0, nfe, times, drive)
 
 
-def ode_euler(model, process, *, steps=100, eps=None, denoise=False, prediction=None) -> Sampler:
+def ode_euler(model, process, *, steps=100, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """Euler's method on the probability-flow ODE (order 1; NFE = steps [+1 with ``denoise``])."""
-    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
+    return _fixed_step_ode("euler", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
-def ode_heun(model, process, *, steps=50, eps=None, denoise=False, prediction=None) -> Sampler:
+def ode_heun(model, process, *, steps=50, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """Heun's (explicit trapezoidal) method on the PF-ODE (order 2; NFE = 2 steps [+1])."""
-    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
+    return _fixed_step_ode("heun", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
-def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, prediction=None) -> Sampler:
+def ode_rk4(model, process, *, steps=25, eps=None, denoise=False, prediction=None, spacing="linspace", times=None) -> Sampler:
     """The classic 4-stage Runge-Kutta method on the PF-ODE (order 4; NFE = 4 steps [+1])."""
-    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction)
+    return _fixed_step_ode("rk4", model, process, steps=steps, eps=eps, denoise_end=denoise, prediction=prediction, spacing=spacing, times=times)
 
 
 # --------------------------------------------------------------------- PF-ODE, adaptive
 
 
 def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str) -> Callable[..., Any]:
-    """fn(t_vec, x, args) = f(t) x - 1/2 g(t)^2 s(x, t), the probability-flow drift with the
-    score from ``model`` called with ``args`` (one time per example). The samplers and the
+    """fn(t_vec, x, args) = alpha'(t) x0_hat + sigma'(t) eps_hat (= f x - 1/2 g^2 s), the
+    probability-flow drift with x0_hat, eps_hat from ``model`` called with ``args`` (one time per
+    example); finite at alpha = 0 for predictions that give x_0 there (x0, v, u). The samplers and the
     likelihood share it. A model that is not split yet is split here, and ``args`` defaults to its
     own weights (for calling the drift outside a loop)."""
     default_args = None
@@ -345,8 +329,11 @@ def pf_ode_drift(model: Callable[..., Any], process: Any, prediction: str) -> Ca
         out = call_model(model, args, x, process.model_time(t))
         alpha = expand_to(process.alpha(t, dtype=x.dtype), x)
         sigma = expand_to(process.sigma(t, dtype=x.dtype), x)
-        drift, g = process.sde(x, t)
-        return drift - 0.5 * expand_to(g * g, x) * to_score(out, prediction, x, alpha, sigma)
+        d_alpha = expand_to(process.alpha_prime(t, dtype=x.dtype), x)
+        d_sigma = expand_to(process.sigma_prime(t, dtype=x.dtype), x)
+        x0 = to_x0(out, prediction, x, alpha, sigma)
+        eps = to_eps(out, prediction, x, alpha, sigma)
+        return pf_velocity(d_alpha, d_sigma, x0, eps)
 
     return fn
 
@@ -394,9 +381,10 @@ def ode_dopri5(
         h0 = check_positive(h0, "h0")
     eps = end_time(process, eps)
     prediction = resolve_prediction(model, process, prediction, "eps")
+    t_start = start_time(process, "ode_dopri5", prediction)
     end = _sde_coefficients(process, np.array([eps]))
     plan = DopriPlan(
-        np.array([0]), np.array([float(process.T)]), np.array([eps]), end["t_in"], end["alpha"], end["sigma"]
+        np.array([0]), np.array([t_start]), np.array([eps]), end["t_in"], end["alpha"], end["sigma"]
     )
     drift = pf_ode_drift(model, process, prediction)
 
@@ -409,7 +397,7 @@ def ode_dopri5(
     def solve(bk: Any, state: DopriSampleState, plan_i: tuple, args: ModelArgs) -> DopriSampleState:
         p = DopriPlan(*plan_i)
         fn = lambda t, x: drift(t, x, args)  # noqa: E731
-        sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0)
+        sol = dopri5(bk, fn, state.x, p.t0, p.t1, rtol=rtol, atol=atol, max_steps=max_steps, h0=h0, name="x_T")
         x, nfe, per_example = sol.y, state.nfe + sol.nfe_total, state.nfe_per_example + sol.nfe
         if denoise:
             x = _denoise(model, args, x, p.t_in_end, p.alpha_end, p.sigma_end, prediction).x0  # Tweedie
@@ -431,7 +419,7 @@ def ode_dopri5(
             progress(1, 1)
         return state
 
-    return Sampler("ode_dopri5", plan, init, step, final_x, 0, None, np.array([float(process.T)]), drive)
+    return Sampler("ode_dopri5", plan, init, step, final_x, 0, None, np.array([t_start]), drive)
 
 
 # ------------------------------------------------------------------------------------ EDM
@@ -469,8 +457,12 @@ def edm_heun(
     S_noise=1.0,
     clip_denoised=False,
     prediction=None,
+    sigmas=None,
 ) -> Sampler:
     """EDM's sampler (Karras et al. 2022, Algorithm 1; with ``S_churn`` > 0 Algorithm 2).
+
+    ``sigmas``: an explicit descending schedule of sigma~ = sigma / alpha (at least 2 values > 0, a
+    trailing 0 allowed) in place of ``steps`` and the Karras schedule, e.g. another library's.
 
     sigma~_i = karras_sigmas(steps, sigma_min, sigma_max, rho), then sigma~_N = 0; Heun steps,
     the last (to 0) Euler: NFE = 2 steps - 1. The output is the last x_0 prediction. Defaults of
@@ -481,6 +473,10 @@ def edm_heun(
     """
     N = check_steps(steps)
     prediction = resolve_prediction(model, process, prediction, "eps")
+    s_given = None
+    if sigmas is not None:
+        s_given = _check_sigmas(sigmas)
+        N, sigma_min, sigma_max = s_given.shape[0], float(s_given[-1]), float(s_given[0])
     rho = check_positive(rho, "rho")
     S_churn = _check_nonnegative(S_churn, "S_churn")
     S_noise = _check_nonnegative(S_noise, "S_noise")
@@ -488,10 +484,14 @@ def edm_heun(
     if not S_tmin <= S_tmax:
         raise ValueError(f"S_tmin must not exceed S_tmax; got S_tmin={S_tmin}, S_tmax={S_tmax}")
     lo_proc, hi_proc = _sigma_ratio_range(process)
-    if not isinstance(process, GaussianDiffusion):
+    discrete = is_discrete(process)
+    if not discrete:
         if eps is None:
-            eps = 0.0 if not getattr(process, "zero_noise_at_start", True) else default_eps(process)
+            eps = time_range(process)[0] if not _zero_noise_at_start(process) else default_eps(process)
         eps = end_time(process, eps)
+        if not math.isfinite(hi_proc) and sigma_max is None:  # alpha(T) = 0: start at log-SNR -15
+            t0 = np.array([start_time(process, "edm_heun", prediction, needs_f=True)])
+            sigma_max = float((_host(process.sigma(t0)) / _host(process.alpha(t0)))[0])
         e = np.array([eps])
         default_min = float((_host(process.sigma(e)) / _host(process.alpha(e)))[0])
     else:
@@ -506,12 +506,12 @@ def edm_heun(
         )
     if not s_min < s_max:
         raise ValueError(f"sigma_min must be smaller than sigma_max; got sigma_min={s_min:g}, sigma_max={s_max:g}")
-    if not isinstance(process, GaussianDiffusion):
+    if not discrete:
         for label, v in (("sigma_min", s_min), ("sigma_max", s_max)):
             if v < lo_proc * (1 - 1e-9) or v > hi_proc * (1 + 1e-9):
                 raise ValueError(f"{label} must lie in the process's range [{lo_proc:g}, {hi_proc:g}] of sigma/alpha; got {v:g}")
 
-    s = karras_sigmas(N, s_min, s_max, rho)
+    s = karras_sigmas(N, s_min, s_max, rho) if s_given is None else s_given
     s_next = np.append(s[1:], 0.0)
     gamma = np.where((s >= S_tmin) & (s <= S_tmax), min(S_churn / N, math.sqrt(2.0) - 1.0), 0.0)
     s_hat = np.minimum(s * (1.0 + gamma), max(s_max, hi_proc))
@@ -580,6 +580,24 @@ def edm_heun(
     )
 
 
+def _check_sigmas(sigmas: Any) -> np.ndarray:
+    """An explicit sigma~ schedule: finite, strictly decreasing, > 0 (one trailing 0 is dropped)."""
+    try:
+        s = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigmas must be a 1-D sequence of noise levels; got {type(sigmas).__name__}") from None
+    if s.ndim != 1:
+        raise ValueError(f"sigmas must be 1-D; got shape {s.shape}")
+    if s.shape[0] and s[-1] == 0.0:
+        s = s[:-1]
+    if s.shape[0] < 2 or not np.all(np.isfinite(s)) or not np.all(s > 0) or not np.all(np.diff(s) < 0):
+        raise ValueError(
+            "sigmas must hold at least 2 finite values > 0 in strictly decreasing order (a trailing 0 is allowed); "
+            f"got {np.asarray(sigmas).tolist()[:10]}"
+        )
+    return s
+
+
 def _check_nonnegative(value: Any, name: str) -> float:
     try:
         v = float(value)
@@ -615,35 +633,8 @@ class DPMState(NamedTuple):
 DPM_SPACINGS = ("linspace", "logsnr")
 
 
-def _logsnr_grid(process: Any, steps: Any, eps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Times uniform in log-SNR from the noisy end to the clean end: (times, t_in, alpha, sigma)."""
-    if isinstance(process, GaussianDiffusion):
-        if eps is not None:
-            raise ValueError("eps (the end time) applies to continuous-time processes; a GaussianDiffusion ends at step 0")
-        if isinstance(steps, str):
-            raise ValueError(f"spacing='logsnr' takes an integer number of steps; got {steps!r}")
-        n = check_steps(steps)
-        lam_hi, lam_lo = process.log_snr_table[0], process.log_snr_table[-1]
-        ends = (process.num_timesteps - 1, 0)
-    else:
-        n = check_steps(steps)
-        eps = end_time(process, eps)
-        lam_lo, lam_hi = (float(v) for v in _host(process.log_snr(np.array([process.T, eps]))))
-        ends = (process.T, eps)
-    if not math.isfinite(lam_lo):
-        raise ValueError("spacing='logsnr' needs a finite log-SNR at the noisy end (this schedule has zero terminal SNR)")
-    lam = np.linspace(lam_lo, lam_hi, n) if n > 1 else np.array([lam_lo])
-    times = time_from_sigma_ratio(process, np.exp(-0.5 * lam))
-    if isinstance(process, GaussianDiffusion):
-        # nearest steps; several lambdas may share a step near the clean end: keep each step once
-        times = np.unique(times)[::-1].copy()
-    else:
-        times[0], times[-1] = ends[0], ends[-1]  # exact ends despite rounding of the inverse
-    return times, np.asarray(process.model_time(times)), _host(process.alpha(times)), _host(process.sigma(times))
-
-
 def dpmpp_2m(
-    model, process, *, steps=20, spacing="linspace", eps=None, clip_denoised=False, prediction=None
+    model, process, *, steps=20, spacing=None, eps=None, clip_denoised=False, prediction=None, times=None
 ) -> Sampler:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) with x_0 predictions, written against the process interface.
 
@@ -655,16 +646,16 @@ def dpmpp_2m(
     order, so the output is the last x_0 prediction (DDIM's ending). The first step is first order.
     """
     prediction = resolve_prediction(model, process, prediction, "eps")
-    allowed = DPM_SPACINGS + (("leading", "trailing") if isinstance(process, GaussianDiffusion) else ())
+    discrete = is_discrete(process)
+    allowed = DPM_SPACINGS + (("leading", "trailing") if discrete else ())
+    if spacing is None:  # measured best (docs/samplers.md): log-SNR in continuous time; a chain keeps its respacing
+        spacing = "linspace" if discrete else "logsnr"
     check_choice(spacing, allowed, "spacing")
-    if spacing == "logsnr":
-        times, t_in, alpha, sigma = _logsnr_grid(process, steps, eps)
-    else:
-        if isinstance(process, GaussianDiffusion):
-            g = time_grid(process, steps, spacing=spacing, eps=eps)
-        else:
-            g = time_grid(process, steps, eps=end_time(process, eps))
-        times, t_in, alpha, sigma = g.times, g.t_in, _host(g.alpha), _host(g.sigma)
+    start = None if discrete else start_time(process, "dpmpp_2m", prediction)
+    g = time_grid(process, steps, spacing=spacing, eps=eps, start=start, times=times)
+    if times is not None and not discrete:
+        start_time(process, "dpmpp_2m", prediction, t_max=g.times[0])
+    times, t_in, alpha, sigma = g.times, g.t_in, _host(g.alpha), _host(g.sigma)
     n = times.shape[0]
     lam = np.log(alpha) - np.log(sigma)  # Lu et al.'s lambda = log(alpha / sigma), half the log-SNR
     alpha_next = np.append(alpha[1:], 1.0)

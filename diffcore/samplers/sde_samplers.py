@@ -25,14 +25,21 @@ All of them move x with the score s = grad_x log p_t(x), taken from the model ou
   j = floor(t (N - 1)) (score_sde's truncation); with ``steps`` != process.N they are those of
   the same process built with N = steps, which is how score_sde changes the step count.
 - Langevin corrector (score_sde's LangevinCorrector), M = ``corrector_steps`` steps at one level:
-  eps_i = 2 alpha_i (snr ||z|| / ||s||)^2, x_mean = x + eps_i s, x = x_mean + sqrt(2 eps_i) z, with
-  alpha_i = 1 (VE) or 1 - beta_j of the chain (VP and sub-VP: sub-VP has a VP chain; both reference
-  codebases fail there). ``norm="per_sample"`` (default) takes the norms of each sample, so samples
-  are independent of their batch; ``"batch_mean"`` is score_sde's mean norm over the batch.
-  Default snr: 0.16 (VE), 0.01 (VP, sub-VP). The snr rule assumes many dimensions, where ||z|| and
-  ||s|| concentrate: in very low dimensions one sample's ||z||^2 / ||s||^2 is heavy-tailed (an
-  F(2, 2) variable in 2-D at high noise; ||s|| near 0 at a mode) and per-sample steps explode now
-  and then (tests/test_sde_samplers.py: fine in 32-D, off the target in 2-D); use batch_mean there.
+  x_mean = x + eps_i s, x = x_mean + sqrt(2 eps_i) z. score_sde's step is
+  eps_i = 2 alpha_i (snr ||z|| / ||s||)^2, alpha_i = 1 (VE) or 1 - beta_i of the chain (VP and
+  sub-VP: sub-VP has a VP chain; both reference codebases fail there; a process without a chain:
+  (alpha(t_i) / alpha(t_i - dt))^2). The norms:
+  ``norm="expected"`` (default): ||z||^2 and ||s||^2 by their expectations D and D / sigma_i^2, so
+  eps_i = 2 alpha_i (snr sigma_i)^2 -- a plan column that reads no state, so every chain takes the
+  same step and samples do not depend on their batch. Measured on the 3-D mixture of
+  tests/test_sde_samplers.py (VESDE, 1000 steps, 8000 samples, seed 0; exact variances (1.53,
+  1.93, 0.99)): expected (1.55, 1.90, 1.01), within 2 standard errors;
+  ``"per_sample"`` (the old default): each sample's own norms; its step grows where its own score
+  is small, which biases where Langevin dynamics settles: (2.64, 2.93, 1.93), 45-90 standard errors
+  off (in high dimensions the norms concentrate and it is fine);
+  ``"batch_mean"``: score_sde's mean norms over the batch (1.49, 1.92, 0.96), but a sample then
+  depends on its batch.
+  Default snr: 0.16 (VE: alpha = 1), 0.01 (VP, sub-VP).
 
 Orders (they differ only at the ends of the chain of N levels t_0 = T > ... > t_{N-1} = eps):
   ``"predictor_first"`` (default; Algorithm 1 of Song et al. 2021): x at t_0 from the prior; for
@@ -56,8 +63,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace, expand_to, sum_flat
-from ..diffusion import GaussianDiffusion
-from ..sde import SDE, VESDE, VPSDE, subVPSDE
+from ..process import capabilities, drift_coefficients, is_discrete, require, require_continuous, start_time, time_range
 from ._base import (
     resolve_prediction,
     ModelArgs,
@@ -78,7 +84,7 @@ __all__ = ["langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral")
 CORRECTORS = (None, "langevin")
 ORDERS = ("predictor_first", "corrector_first")
-NORMS = ("per_sample", "batch_mean")
+NORMS = ("expected", "per_sample", "batch_mean")
 
 
 
@@ -116,15 +122,15 @@ def _langevin_step(model, prediction: str):
 def langevin(model, process=None, *, step_size, steps=1000, t_in=None, prediction=None) -> Sampler:
     """Unadjusted Langevin dynamics x <- x + a s(x) + sqrt(2 a) z at one noise level.
 
-    The model is called with ``t_in`` (default: the process's model time at t = 0; 0.0 without a
+    The model is called with ``t_in`` (default: the process's model time at t_min; 0.0 without a
     process). Without a process only ``prediction="score"`` is possible (no alpha, sigma to
     convert with). Its stationary law is the target up to an O(a) bias. Continuous-time processes
     only (a GaussianDiffusion has no continuous time to hold fixed: use its ``ddpm`` sampler).
     """
-    if isinstance(process, GaussianDiffusion):
+    if process is not None and is_discrete(process):
         raise TypeError(
-            "the 'langevin' sampler holds a continuous time fixed and needs an SDE process or process=None; "
-            "got a GaussianDiffusion (use 'ddpm' or 'ddim')"
+            "the 'langevin' sampler holds a continuous time fixed and needs a continuous-time process or process=None; "
+            f"got the discrete process {type(process).__name__} (use 'ddpm' or 'ddim')"
         )
     a = check_positive(step_size, "step_size")
     steps = check_steps(steps)
@@ -136,7 +142,7 @@ def langevin(model, process=None, *, step_size, steps=1000, t_in=None, predictio
         t, alpha, sigma = t_in, 1.0, 0.0
     else:
         if t_in is None:
-            t_in = float(np.asarray(process.model_time(np.asarray(0.0))))
+            t_in = float(np.asarray(process.model_time(np.asarray(float(time_range(process)[0])))))
         t = float(np.asarray(process.time_from_model_time(np.asarray(float(t_in)))))
         alpha = float(np.asarray(process.alpha(np.asarray(t))))
         sigma = float(np.asarray(process.sigma(np.asarray(t))))
@@ -169,17 +175,21 @@ def annealed_langevin(
     ``final_denoise``: x + sigma_L^2 s(x, sigma_L) at the end (NCSNv2), one more NFE.
     NFE: L * steps_per_level (+ 1).
     """
-    if not isinstance(process, VESDE):
+    require_continuous(process, "annealed_langevin", "it needs a noise ladder of a VE process")
+    if np.any(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) != 1.0):
         raise TypeError(
-            f"annealed_langevin needs a VESDE process (its noise ladder); got process={type(process).__name__}"
+            f"annealed_langevin needs a variance-exploding process (alpha(t) = 1: a noise ladder); got process="
+            f"{type(process).__name__}"
         )
+    if num_scales is None and getattr(process, "N", None) is None:
+        raise TypeError(f"annealed_langevin needs num_scales: {type(process).__name__} has no N (levels of its ladder)")
     L = process.N if num_scales is None else check_steps(num_scales, "num_scales")
     if L < 2:
         raise ValueError(f"num_scales must be at least 2 (a ladder from sigma_max to sigma_min); got {num_scales!r}")
     T_each = check_steps(steps_per_level, "steps_per_level")
     lr = check_positive(step_lr, "step_lr")
     prediction = resolve_prediction(model, process, prediction, "score")
-    t_levels = np.linspace(process.T, 0.0, L)
+    t_levels = np.linspace(time_range(process)[1], time_range(process)[0], L)
     sig = _host(process.sigma(t_levels))
     t = np.repeat(t_levels, T_each)
     a = lr * (np.repeat(sig, T_each) / sig[-1]) ** 2
@@ -223,79 +233,55 @@ class PCPlan(NamedTuple):
 
 
 def _check_sde(process: Any, name: str) -> None:
-    if not isinstance(process, SDE):
-        raise TypeError(
-            f"the {name!r} sampler needs a score SDE process (VPSDE, subVPSDE, VESDE); got process={type(process).__name__}"
-            " (for a GaussianDiffusion use 'ddpm' or 'ddim')"
-        )
-
-
-def _has_vp_chain(process: Any) -> bool:
-    """VP's discretisation is DDPM's chain of betas; sub-VP's is Euler-Maruyama (it has no chain)."""
-    return isinstance(process, VPSDE) and not isinstance(process, subVPSDE)
+    require_continuous(process, name, "for a GaussianDiffusion use 'ddpm' or 'ddim'")
 
 
 def _chain(process: Any, n: int) -> Any:
-    """The process's discretisation with N = n levels (the process itself when n == process.N)."""
-    if n == process.N:
-        return process
-    if isinstance(process, VESDE):
-        return type(process)(sigma_min=process.sigma_min, sigma_max=process.sigma_max, N=n)
-    if isinstance(process, VPSDE):
-        return type(process)(beta_min=process.beta_0, beta_max=process.beta_1, N=n)
-    raise TypeError(
-        f"steps={n} differs from process.N={process.N} and {type(process).__name__} cannot be rebuilt with "
-        f"N={n}; pass steps={process.N} or construct the process with N={n}"
-    )
-
-
-def _step_index(chain: Any, t: np.ndarray) -> np.ndarray:
-    """score_sde's floor(t (N - 1) / T) (integer truncation)."""
-    return np.asarray(VPSDE._step_index(chain, np.asarray(t, dtype=np.float64)), dtype=np.int64)
+    """The process's discretisation with N = n levels (the process itself when n == process.N):
+    the capability "discretize" (``process.discretization(n)``), as score_sde changes step counts."""
+    return process.discretization(n)
 
 
 def _predictor_coefficients(predictor: str, process: Any, chain: Any, t: np.ndarray, t_next: np.ndarray):
     """(c_x, c_s, c_z) of x_mean = c_x x + c_s s, x = x_mean + c_z z, for steps t -> t_next."""
-    ones = np.ones((t.shape[0], 1))
     if predictor == "euler_maruyama":
-        drift, g = process.sde(ones, t)
-        f, g = _host(drift)[:, 0], _host(g)
+        f, g2 = (_host(v) for v in drift_coefficients(process, np.asarray(t, dtype=np.float64)))
         dt = t - t_next
-        return 1.0 - f * dt, g * g * dt, g * np.sqrt(dt)
+        return 1.0 - f * dt, g2 * dt, np.sqrt(g2 * dt)
     if predictor == "reverse_diffusion":
+        ones = np.ones((t.shape[0], 1))
         f, G = chain.discretize(ones, t)
         f, G = _host(f)[:, 0], _host(G)
         return 1.0 - f, G * G, G
-    # ancestral
-    j = _step_index(chain, t)
-    if isinstance(chain, VESDE):
-        sig = chain.discrete_sigmas[j]
-        adj = np.where(j == 0, 0.0, chain.discrete_sigmas[np.maximum(j - 1, 0)])
-        var = sig**2 - adj**2
-        return np.ones_like(t), var, np.sqrt(adj**2 * var / sig**2)
-    beta = chain.discrete_betas[j]
-    return 1.0 / np.sqrt(1.0 - beta), beta / np.sqrt(1.0 - beta), np.sqrt(beta)
+    return tuple(_host(c) for c in chain.ancestral_coefficients(t))
 
 
-def _corrector_alpha(chain: Any, t: np.ndarray) -> np.ndarray:
-    """score_sde's alpha_i: 1 - beta_i of the chain (VP, sub-VP), 1 where there is no chain of betas (VE)."""
-    alphas = getattr(chain, "alphas", None)
-    if alphas is None:
-        return np.ones_like(t)
-    return np.asarray(alphas, dtype=np.float64)[_step_index(chain, t)]
+def _corrector_alpha(process: Any, chain: Any, t: np.ndarray, N: int) -> np.ndarray:
+    """score_sde's alpha_i: the chain's own (``corrector_alpha``: 1 - beta_i on VP and sub-VP, 1 on VE);
+    for a process without a chain, the one-level signal ratio (alpha(t) / alpha(t - dt))^2 with dt =
+    (T - t_min) / (N - 1) -- 1 - beta_i of the VP chain, 1 where alpha is constant."""
+    own = getattr(chain, "corrector_alpha", None) if chain is not None else None
+    if callable(own):
+        return _host(own(t))
+    lo, hi = time_range(process)
+    t_prev = np.clip(t - (hi - lo) / (N - 1), lo, hi)
+    return np.minimum((_host(process.alpha(t)) / _host(process.alpha(t_prev))) ** 2, 1.0)
 
 
-def _pc_step(model, prediction: str, M: int, predictor_first: bool, per_sample: bool):
+def _pc_step(model, prediction: str, M: int, predictor_first: bool, norm: str):
     def correct(x: Any, p: PCPlan, noise_i: Any, args: ModelArgs) -> Any:
         xp = array_namespace(x)
         for m in range(M):
             z = noise_i[:, 1 + m, ...]
             s, _ = model_score(model, args, x, p.ct_in, p.c_alpha, p.c_sigma, prediction)
-            if per_sample:
-                ratio = expand_to(sum_flat(z * z) / sum_flat(s * s), x)
-            else:  # score_sde: mean norms over the batch (couples the samples)
-                ratio = (xp.mean(xp.sqrt(sum_flat(z * z))) / xp.mean(xp.sqrt(sum_flat(s * s)))) ** 2
-            step = p.c_scale * ratio
+            if norm == "expected":  # eps_i = 2 alpha_i (snr sigma_i)^2, folded into c_scale: no state in it
+                step = p.c_scale
+            else:
+                if norm == "per_sample":
+                    ratio = expand_to(sum_flat(z * z) / sum_flat(s * s), x)
+                else:  # score_sde: mean norms over the batch (couples the samples)
+                    ratio = (xp.mean(xp.sqrt(sum_flat(z * z))) / xp.mean(xp.sqrt(sum_flat(s * s)))) ** 2
+                step = p.c_scale * ratio
             noise = xp.sqrt(2.0 * step) * z
             x = x + step * s + (p.c_last * noise if m == M - 1 else noise)
         return x
@@ -329,6 +315,8 @@ def _predictor_corrector(
     denoise: bool,
     eps: Any,
     prediction: str,
+    spacing: str = "linspace",
+    times: Any = None,
 ) -> Sampler:
     _check_sde(process, name)
     predictor = check_choice(predictor, PREDICTORS, "predictor")
@@ -336,28 +324,41 @@ def _predictor_corrector(
     order = check_choice(order, ORDERS, "order")
     norm = check_choice(norm, NORMS, "norm")
     prediction = resolve_prediction(model, process, prediction, "score")
-    if predictor == "ancestral" and not (isinstance(process, VESDE) or _has_vp_chain(process)):
-        raise TypeError(
-            f"the ancestral predictor needs a discrete chain: VESDE or VPSDE; got process={type(process).__name__} "
-            "(sub-VP has none: use 'reverse_diffusion' or 'euler_maruyama')"
-        )
+    if predictor == "ancestral":
+        require(process, "ancestral", name, "the ancestral predictor needs a discrete chain such as VESDE's or VPSDE's; "
+                "sub-VP has none: use 'reverse_diffusion' or 'euler_maruyama'")
+    if predictor == "reverse_diffusion":
+        require(process, "discretize", name, "the reverse-diffusion predictor needs score_sde's discretize; "
+                "use predictor='euler_maruyama'")
+    if times is not None:
+        if predictor != "euler_maruyama":
+            raise ValueError(
+                f"times= needs predictor='euler_maruyama' in the {name!r} sampler: the {predictor!r} predictor is tied "
+                "to the process's uniform chain of N levels (pass steps instead)"
+            )
+        steps = len(np.asarray(times).reshape(-1))
+    if steps is None and getattr(process, "N", None) is None:
+        raise TypeError(f"the {name!r} sampler needs steps: {type(process).__name__} has no N (its default number of levels)")
     N = process.N if steps is None else check_steps(steps)
     if N < 2:
         raise ValueError(f"steps must be an integer >= 2 (the number of noise levels from T to eps); got {steps!r}")
     M = 0 if corrector is None else check_steps(corrector_steps, "corrector_steps")
-    if snr is None:
-        snr = 0.16 if isinstance(process, VESDE) else 0.01
+    if snr is None:  # score_sde's: 0.16 for VE (alpha = 1), 0.01 for VP and sub-VP
+        snr = 0.16 if np.all(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) == 1.0) else 0.01
     snr = check_positive(snr, "snr")
 
-    t = time_grid(process, N, eps=eps).times
+    t = time_grid(process, N, spacing=spacing, eps=eps, start=start_time(process, name, prediction, needs_f=True), times=times).times
+    if times is not None:
+        start_time(process, name, prediction, needs_f=True, t_max=t[0])
     predictor_first = order == "predictor_first"
     if predictor_first:
         t_pred, t_next = t[:-1], t[1:]
     else:
         t_pred, t_next = t, np.append(t[1:], 0.0)
     t_corr = t_next if predictor_first else t_pred
-    chain = _chain(process, N) if (predictor != "euler_maruyama" or M) else process
-    if predictor != "euler_maruyama" and _has_vp_chain(chain):
+    has_chain = "discretize" in capabilities(process)
+    chain = _chain(process, N) if has_chain and (predictor != "euler_maruyama" or M) else (process if has_chain else None)
+    if predictor != "euler_maruyama" and getattr(chain, "discrete_betas", None) is not None:
         if not np.max(chain.discrete_betas) < 1.0:
             raise ValueError(
                 f"steps={N} is too few for the {name!r} sampler on a VP chain: its largest beta, beta_max/N = "
@@ -371,13 +372,15 @@ def _predictor_corrector(
         alpha_next[-1], sigma_next[-1] = 1.0, 0.0  # the chain's end: the data (VE: sigma_{-1} = 0)
     c_last = np.ones(rows)
     if M:
-        lang_alpha = _corrector_alpha(chain, t_corr)
+        lang_alpha = _corrector_alpha(process, chain, t_corr, N)
         if not np.all(lang_alpha > 0):
             raise ValueError(
                 f"steps={N} is too few for the Langevin corrector on a VP chain: alpha_i = 1 - beta_i must be > 0 "
                 f"(use steps > {getattr(process, 'beta_1', 0):g})"
             )
         c_scale = 2.0 * lang_alpha * snr**2
+        if norm == "expected":  # ||z||^2 -> D, ||s||^2 -> D / sigma^2: eps_i = 2 alpha_i (snr sigma_i)^2
+            c_scale = c_scale * _host(process.sigma(t_corr)) ** 2
     else:
         c_scale = np.zeros(rows)
     if denoise:
@@ -405,7 +408,7 @@ def _predictor_corrector(
         alpha_next=alpha_next,
         sigma_next=sigma_next,
     )
-    step = _pc_step(model, prediction, M, predictor_first, norm == "per_sample")
+    step = _pc_step(model, prediction, M, predictor_first, norm)
     return Sampler(name, plan, init_state, step, final_x, 1 + M, rows * (1 + M), np.asarray(t_pred, dtype=np.float64))
 
 
@@ -419,15 +422,17 @@ def _predictor_sampler(predictor: str):
         snr=None,
         corrector_steps=1,
         order="predictor_first",
-        norm="per_sample",
+        norm="expected",
         denoise=True,
         eps=None,
         prediction=None,
+        spacing="linspace",
+        times=None,
     ) -> Sampler:
         return _predictor_corrector(
             predictor, model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
             corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-            prediction=prediction,
+            prediction=prediction, spacing=spacing, times=times,
         )
 
     factory.__name__ = factory.__qualname__ = predictor
@@ -453,10 +458,12 @@ def pc(
     snr=None,
     corrector_steps=1,
     order="predictor_first",
-    norm="per_sample",
+    norm="expected",
     denoise=True,
     eps=None,
     prediction=None,
+    spacing="linspace",
+    times=None,
 ) -> Sampler:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): ``predictor`` one of
     'euler_maruyama', 'reverse_diffusion' (default), 'ancestral'; Langevin corrector with
@@ -464,7 +471,7 @@ def pc(
     return _predictor_corrector(
         "pc", model, process, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
         corrector_steps=corrector_steps, order=order, norm=norm, denoise=denoise, eps=eps,
-        prediction=prediction,
+        prediction=prediction, spacing=spacing, times=times,
     )
 
 
