@@ -44,7 +44,7 @@ from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, c
 from .diffusion import GaussianDiffusion
 from .checks import check_bool, check_callable, check_finite, check_int, check_unit_range
 from .models import split_model
-from .process import drift_coefficients, is_discrete, require_continuous, start_time
+from .process import drift_coefficients, is_discrete, require, require_continuous, start_time
 from .samplers._base import ModelArgs, call_model, check_choice, check_positive, check_steps, resolve_prediction
 from .samplers.grid import end_time
 from .samplers.ode import pf_ode_drift
@@ -498,8 +498,7 @@ def vlb_bpd(
     """
     xp = check_float_array(x, "x")
     bk = _resolve_backend(backend, x)
-    if not isinstance(diffusion, GaussianDiffusion):
-        raise TypeError(f"diffusion must be a GaussianDiffusion; got {type(diffusion).__name__} (use ode_likelihood for SDEs)")
+    require(diffusion, "discrete_chain", "vlb_bpd", "the discrete VLB needs DDPM's chain; use ode_likelihood for SDEs")
     check_callable(model, "model", "model(x_t, t_in[, cond]) -> output")
     if x.ndim < 1:
         raise ValueError("x must have a batch axis; got a 0-D array")
