@@ -9,7 +9,7 @@ from .likelihood import LikelihoodResult, nll, ode_likelihood, vlb_bpd
 from .samplers import SampleResult, Sampler, build as build_sampler, sample
 from .models import Model
 from ._cache import clear_cache
-from .backend import Backend, LoopError, NumPyBackend, StepBudgetExceeded, available_backends, backend, backend_for
+from .backends import Backend, LoopError, NumPyBackend, StepBudgetExceeded, available_backends, backend, backend_for
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .sde import VESDE, VPSDE, subVPSDE
 from .flow import RectifiedFlow

@@ -543,7 +543,7 @@ class GaussianDiffusion:
                     "(use 'learned_range' or 'learned', or loss_type='simple')"
                 )
             if stop_gradient is None:
-                from .backend import backend_for
+                from .backends import backend_for
 
                 stop_gradient = backend_for(model_output).stop_gradient
             frozen = xp.concat([stop_gradient(mean_output), var_output], axis=1)

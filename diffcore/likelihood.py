@@ -40,7 +40,7 @@ from ._array import (
 )
 from ._cache import cached
 from .autodiff import DEFAULT_MAX_DIM, as_probes
-from .backend import StepBudgetExceeded, backend as _get_backend, backend_for, check_backend_array
+from .backends import StepBudgetExceeded, backend as _get_backend, backend_for, check_backend_array
 from .diffusion import GaussianDiffusion
 from .checks import check_bool, check_callable, check_finite, check_int, check_unit_range
 from .models import split_model

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from ._array import array_device, array_namespace, default_dtype, is_traced, to_numpy
-from .backend import StepBudgetExceeded, check_max_steps
+from .backends import StepBudgetExceeded, check_max_steps
 
 __all__ = [
     "Tableau",

@@ -13,12 +13,12 @@ import pytest
 
 import diffcore
 from diffcore._array import mean_flat
-from diffcore.backend import LoopError, StepBudgetExceeded
+from diffcore.backends import LoopError, StepBudgetExceeded
 
 from conftest import jax_x64, to_np
 from harness import assert_same_on_all_backends
 
-backend_mod = importlib.import_module("diffcore.backend")  # the module (diffcore.backend is the function)
+backend_mod = importlib.import_module("diffcore.backends")  # the module (diffcore.backend is the function)
 
 BACKENDS = ["numpy", "torch", "jax"]
 
@@ -108,7 +108,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
 
 def test_third_party_backend_via_entry_point(monkeypatch):
     found = dict(backend_mod._entry_points())
-    found["toy"] = EntryPoint(name="toy", value="diffcore.backend:NumPyBackend", group=backend_mod.ENTRY_POINT_GROUP)
+    found["toy"] = EntryPoint(name="toy", value="diffcore.backends:NumPyBackend", group=backend_mod.ENTRY_POINT_GROUP)
     found["broken"] = EntryPoint(name="broken", value="builtins:object", group=backend_mod.ENTRY_POINT_GROUP)
     found["absent"] = EntryPoint(name="absent", value="no_such_pkg_xyz:B", group=backend_mod.ENTRY_POINT_GROUP)
     monkeypatch.setattr(backend_mod, "_entry_points", lambda: found)

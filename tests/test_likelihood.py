@@ -25,7 +25,7 @@ import pytest
 import diffcore
 from diffcore import GaussianDiffusion, VESDE, VPSDE, subVPSDE
 from diffcore.analytic import GaussianMixture
-from diffcore.backend import StepBudgetExceeded
+from diffcore.backends import StepBudgetExceeded
 from diffcore.likelihood import (
     DEQUANT_OFFSET_BITS,
     bits_per_dim,

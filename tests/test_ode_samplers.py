@@ -18,7 +18,7 @@ import pytest
 import diffcore
 from diffcore import GaussianDiffusion, VESDE, VPSDE, get_named_beta_schedule, subVPSDE
 from diffcore.analytic import GaussianMixture
-from diffcore.backend import StepBudgetExceeded
+from diffcore.backends import StepBudgetExceeded
 from diffcore.samplers import SAMPLERS, build, sample
 from diffcore.samplers._base import plan_to
 from diffcore.samplers.ode import FACTORIES, pf_ode_drift, time_from_sigma_ratio

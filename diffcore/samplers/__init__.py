@@ -19,7 +19,7 @@ import math
 
 from .._array import array_device, array_namespace, as_like, check_float_array, concrete_min_max, values_checked_upstream
 from .._cache import cached
-from ..backend import Backend, backend as _get_backend, check_backend_array, check_shape
+from ..backends import Backend, backend as _get_backend, check_backend_array, check_shape
 from ..models import ModelFn, split_model
 from ._base import ModelArgs, Sampler, plan_to
 from .ancestral import ddim, ddpm

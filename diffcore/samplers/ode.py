@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._array import array_device, array_namespace, default_dtype, expand_to
-from ..backend import backend_for, check_max_steps
+from ..backends import backend_for, check_max_steps
 from ..models import ModelFn, split_model
 from ..parametrization import to_eps, to_score, to_x0
 from ..process import (

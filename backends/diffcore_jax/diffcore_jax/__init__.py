@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from diffcore.backend import (
+from diffcore.backends import (
     NO_ARGS,
     StepBudgetExceeded,
     _leaves,

@@ -17,7 +17,7 @@ import array_api_compat.torch as torch_xp
 import torch
 import torch.func
 
-from diffcore.backend import (
+from diffcore.backends import (
     NO_ARGS,
     check_seed,
     check_shape,
@@ -100,7 +100,7 @@ class TorchBackend:
     the CPU generator, mt19937, uses 32 bits of the seed). Draws go to ``device`` (default: torch's
     default device); loops draw each step's noise on the device of the state.
 
-    Loops: a Python loop (the NumPy backend's, :func:`diffcore.backend.python_loop`); with
+    Loops: a Python loop (the NumPy backend's, :func:`diffcore.backends.python_loop`); with
     ``compile=True`` (or a dict of ``torch.compile`` options) the step runs through
     ``torch.compile``. The driver does not switch off autograd: wrap sampling in ``torch.no_grad()``.
 
@@ -161,7 +161,7 @@ class TorchBackend:
         self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, compile=None,
         args=NO_ARGS,
     ):
-        """:func:`diffcore.backend.python_loop`; ``compile`` overrides the backend's option."""
+        """:func:`diffcore.backends.python_loop`; ``compile`` overrides the backend's option."""
         options = self.compile if compile is None else compile
         step_fn = _compiled(step, options) if options else None
         return python_loop(
