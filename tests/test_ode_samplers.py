@@ -313,11 +313,11 @@ def test_nfe_is_what_the_model_sees(name, options, nfe):
 def test_plans_end_where_they_say():
     p = VPSDE()
     model = _gaussian().as_model(p, "eps")
-    s = build("ode_heun", model, p, steps=10)
+    s = build("ode_heun", model, p, steps=10, spacing="linspace")
     np.testing.assert_allclose(s.plan.t, np.linspace(1.0, 1e-3, 11)[:-1])
     assert s.plan.t_next[-1] == 1e-3
     assert s.plan.alpha_next[-1] == _coef(p, 1e-3)[0] and s.plan.sigma_next[-1] == _coef(p, 1e-3)[1]
-    d = build("ode_heun", model, p, steps=10, denoise=True)
+    d = build("ode_heun", model, p, steps=10, denoise=True, spacing="linspace")
     assert d.plan.alpha_next[-1] == 1.0 and d.plan.sigma_next[-1] == 0.0
     xT = _x_T(p)
     # denoise = Tweedie's x_0 at eps of the ODE's end point; the driver and a plain loop agree

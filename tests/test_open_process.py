@@ -180,7 +180,7 @@ def test_generic_samplers_reach_the_mixture_on_user_processes(target, proc, name
     assert d < 3.0
 
 
-@pytest.mark.parametrize("name, options", [("ddim", dict(steps=50)), ("ode_heun", dict(steps=25)), ("ode_dopri5", dict(rtol=1e-4, atol=1e-4))])
+@pytest.mark.parametrize("name, options", [("ddim", dict(steps=50)), ("ode_heun", dict(steps=25)), ("ode_dopri5", dict(rtol=1e-4, atol=1e-4)), ("dpmpp_2m", dict(steps=30))])
 def test_u_prediction_starts_at_alpha_zero(target, name, options):
     """With u = eps - x_0 the rectified flow's samplers start at t = 1 itself (alpha = 0, the exact
     prior) and reach the target; an eps model must start below (log-SNR -15)."""

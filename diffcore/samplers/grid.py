@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..process import host_log_snr, is_discrete, time_from_log_snr, time_range
+from ..process import START_LOG_SNR, host_log_snr, is_discrete, time_from_log_snr, time_range
 from ..schedules import respaced_timesteps
 from ._base import check_steps
 
@@ -98,6 +98,11 @@ def check_times(process: Any, times: Any, name: str = "times") -> np.ndarray:
 def _logsnr_times(process: Any, n: int, start: float, end: float) -> np.ndarray:
     """n times uniform in log-SNR from ``start`` (noisy) to ``end`` (clean), ends exact."""
     lam_lo, lam_hi = (float(v) for v in host_log_snr(process, np.array([start, end])))
+    if not math.isfinite(lam_lo) and not is_discrete(process) and n > 2:
+        # alpha = 0 at the start (a u / x0 / v model starts there): the first step goes to log-SNR -15,
+        # the rest are uniform in log-SNR from there
+        inner = float(time_from_log_snr(process, np.asarray(START_LOG_SNR)))
+        return np.concatenate([[start], _logsnr_times(process, n - 1, inner, end)])
     if not math.isfinite(lam_lo):
         raise ValueError("spacing='logsnr' needs a finite log-SNR at the noisy end (this schedule has zero terminal SNR)")
     lam = np.linspace(lam_lo, lam_hi, n) if n > 1 else np.array([lam_lo])
