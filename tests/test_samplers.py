@@ -464,3 +464,25 @@ def test_the_same_sampler_is_reused_so_jax_compiles_once():
     assert build("ddim", model, d, steps=10) is not build("ddim", model, d, steps=11)
     with pytest.raises(TypeError, match="cond is an argument of the run"):
         build("ddim", model, d, steps=10, cond=np.zeros(4))
+
+
+def test_ddpm_and_annealed_langevin_take_explicit_grids():
+    """ddpm keeps exactly the steps given (as respace(timesteps=) does); annealed_langevin takes the
+    ladder of sigmas: both reproduce the grids they would build themselves."""
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    mix = two_gaussians_2d()
+    m = mix.as_model(d, "eps")
+    kept = list(range(0, 100, 10))
+    by_times = sample("ddpm", m, d, (4, 2), seed=0, times=kept[::-1]).x
+    np.testing.assert_array_equal(by_times, sample("ddpm", m, d, (4, 2), seed=0, times=kept).x)
+    np.testing.assert_array_equal(by_times, sample("ddpm", m, d, (4, 2), seed=0, steps=10, spacing="leading").x)
+    assert not np.allclose(by_times, sample("ddpm", m, d, (4, 2), seed=0, times=[k + 1 for k in kept]).x)
+    with pytest.raises(ValueError, match="either steps or times"):
+        sample("ddpm", m, d, (4, 2), steps=10, times=kept)
+    ve = diffcore.VESDE(sigma_max=5.0, N=10)
+    mv = mix.as_model(ve, "score")
+    ladder = diffcore.ncsn_sigmas(5.0, 0.01, 10)
+    a = sample("annealed_langevin", mv, ve, (4, 2), seed=0, num_scales=10, steps_per_level=2).x
+    np.testing.assert_allclose(sample("annealed_langevin", mv, ve, (4, 2), seed=0, sigmas=ladder, steps_per_level=2).x, a, atol=1e-12)
+    with pytest.raises(ValueError, match="sigmas must be a strictly decreasing"):
+        sample("annealed_langevin", mv, ve, (4, 2), sigmas=ladder[::-1])

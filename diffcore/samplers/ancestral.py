@@ -30,7 +30,7 @@ from ._base import (
     denoise,
     flag_nonfinite,
 )
-from .grid import time_grid
+from .grid import check_times, time_grid
 
 __all__ = ["ddpm", "ddim"]
 
@@ -60,15 +60,21 @@ class DDPMPlan(NamedTuple):
     std: np.ndarray
 
 
-def ddpm(model, process, *, steps=None, spacing="linspace", clip_denoised=False, prediction=None) -> Sampler:
+def ddpm(model, process, *, steps=None, spacing="linspace", times=None, clip_denoised=False, prediction=None) -> Sampler:
     """DDPM ancestral sampling with the process's variance type (fixed_small, fixed_large, learned
-    types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4)."""
+    types from the extra output channels). ``steps`` respaces the chain (Improved DDPM §4);
+    ``times`` keeps exactly the given original steps (ascending or descending) instead."""
     require(
         process, "discrete_chain", "ddpm",
         "DDPM's ancestral chain, e.g. a GaussianDiffusion; for SDEs use 'ancestral', 'reverse_diffusion' or 'euler_maruyama'",
     )
     prediction = resolve_prediction(model, process, prediction, "eps")
-    chain = process if steps is None else process.respace(steps, spacing)
+    if times is not None:
+        if steps is not None:
+            raise ValueError("pass either steps or times (the kept original steps), not both")
+        chain = process.respace(timesteps=np.sort(check_times(process, times)).tolist())
+    else:
+        chain = process if steps is None else process.respace(steps, spacing)
     T = chain.num_timesteps
     t = np.arange(T - 1, -1, -1)
     var_type = chain.model_var_type

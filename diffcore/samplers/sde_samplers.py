@@ -63,7 +63,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import array_namespace, expand_to, sum_flat
-from ..process import capabilities, drift_coefficients, is_discrete, require, require_continuous, start_time, time_range
+from ..process import (
+    capabilities, drift_coefficients, is_discrete, require, require_continuous, start_time, time_from_log_snr, time_range,
+)
 from ._base import (
     resolve_prediction,
     ModelArgs,
@@ -77,7 +79,7 @@ from ._base import (
     flag_nonfinite,
     model_score,
 )
-from .grid import time_grid
+from .grid import check_times, time_grid
 
 __all__ = ["langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "FACTORIES"]
 
@@ -160,6 +162,7 @@ def annealed_langevin(
     process,
     *,
     num_scales=None,
+    sigmas=None,
     steps_per_level=5,
     step_lr=6.2e-6,
     final_denoise=True,
@@ -173,7 +176,8 @@ def annealed_langevin(
     sigma_i (VE's model time). Defaults are NCSNv2's CIFAR-10 values (T = 5, eps = 6.2e-6 with
     sigma_L = 0.01): step_lr / sigma_L^2 is the relative step size, tune it for other ladders.
     ``final_denoise``: x + sigma_L^2 s(x, sigma_L) at the end (NCSNv2), one more NFE.
-    NFE: L * steps_per_level (+ 1).
+    NFE: L * steps_per_level (+ 1). ``sigmas`` gives the ladder explicitly (strictly decreasing, within
+    the process's range) in place of ``num_scales``, e.g. to reproduce another code's levels.
     """
     require_continuous(process, "annealed_langevin", "it needs a noise ladder of a VE process")
     if np.any(_host(process.alpha(np.array(time_range(process), dtype=np.float64))) != 1.0):
@@ -181,15 +185,25 @@ def annealed_langevin(
             f"annealed_langevin needs a variance-exploding process (alpha(t) = 1: a noise ladder); got process="
             f"{type(process).__name__}"
         )
-    if num_scales is None and getattr(process, "N", None) is None:
-        raise TypeError(f"annealed_langevin needs num_scales: {type(process).__name__} has no N (levels of its ladder)")
-    L = process.N if num_scales is None else check_steps(num_scales, "num_scales")
-    if L < 2:
-        raise ValueError(f"num_scales must be at least 2 (a ladder from sigma_max to sigma_min); got {num_scales!r}")
+    if sigmas is not None:
+        if num_scales is not None:
+            raise ValueError("pass either num_scales or sigmas (the explicit ladder), not both")
+        s_levels = np.asarray(sigmas, dtype=np.float64)
+        if s_levels.ndim != 1 or s_levels.shape[0] < 2 or not np.all(s_levels > 0) or not np.all(np.diff(s_levels) < 0):
+            raise ValueError(f"sigmas must be a strictly decreasing 1-D sequence of at least 2 positive levels; got {sigmas!r}")
+        # alpha = 1: log-SNR = -2 log sigma
+        t_levels = check_times(process, time_from_log_snr(process, -2.0 * np.log(s_levels)), "sigmas' times")
+        L = t_levels.shape[0]
+    else:
+        if num_scales is None and getattr(process, "N", None) is None:
+            raise TypeError(f"annealed_langevin needs num_scales: {type(process).__name__} has no N (levels of its ladder)")
+        L = process.N if num_scales is None else check_steps(num_scales, "num_scales")
+        if L < 2:
+            raise ValueError(f"num_scales must be at least 2 (a ladder from sigma_max to sigma_min); got {num_scales!r}")
+        t_levels = np.linspace(time_range(process)[1], time_range(process)[0], L)
     T_each = check_steps(steps_per_level, "steps_per_level")
     lr = check_positive(step_lr, "step_lr")
     prediction = resolve_prediction(model, process, prediction, "score")
-    t_levels = np.linspace(time_range(process)[1], time_range(process)[0], L)
     sig = _host(process.sigma(t_levels))
     t = np.repeat(t_levels, T_each)
     a = lr * (np.repeat(sig, T_each) / sig[-1]) ** 2
