@@ -107,14 +107,24 @@ def plan_to(plan: Any, xp: Any, dtype: Any, device: Any) -> tuple:
     # network time inputs keep at least float32: bf16 cannot hold 999 (it rounds to 1000)
     time_dtype = dtype if dtype in (xp.float32, xp.float64) else xp.float32
     names = getattr(type(plan), "_fields", ())
-    out = []
-    for k, column in enumerate(plan):
-        column = np.asarray(column)
+    groups: dict[str, list[int]] = {"index": [], "time": [], "value": []}
+    columns = [np.asarray(c) for c in plan]
+    for k, column in enumerate(columns):
         if column.dtype.kind in "iu":
-            out.append(as_xp(column, xp, default_dtype(xp, "indexing"), device))
+            groups["index"].append(k)
         else:
-            is_time = k < len(names) and names[k].startswith("t_in")
-            out.append(as_xp(column.astype(np.float64), xp, time_dtype if is_time else dtype, device))
+            groups["time" if k < len(names) and names[k].startswith("t_in") else "value"].append(k)
+    targets = {"index": default_dtype(xp, "indexing"), "time": time_dtype, "value": dtype}
+    out: list[Any] = [None] * len(columns)
+    for group, ks in groups.items():
+        if not ks:
+            continue
+        # one host-to-device conversion per dtype (a plan has up to ~40 columns; each conversion
+        # costs a dispatch), then rows of the stacked array
+        host = np.stack([columns[k] if group == "index" else columns[k].astype(np.float64) for k in ks])
+        stacked = as_xp(host, xp, targets[group], device)
+        for j, k in enumerate(ks):
+            out[k] = stacked[j, ...]
     return tuple(out)
 
 
