@@ -151,7 +151,7 @@ def check_choice(value: Any, allowed: Sequence[Any], name: str) -> Any:
 
 
 def check_prediction(prediction: Any, name: str = "prediction") -> str:
-    """One of :data:`diffcore.parametrization.PREDICTIONS` ("eps", "x0", "v", "score", "scaled_score")."""
+    """One of :data:`diffcore.parametrization.PREDICTIONS` ("eps", "x0", "v", "score", "scaled_score", "u")."""
     from .parametrization import PREDICTIONS
 
     if type(prediction) is str and prediction in PREDICTIONS:  # the fast path: called inside loops

@@ -279,7 +279,7 @@ def test_checks_module_helpers():
     assert checks.check_nonnegative(0, "churn") == 0.0
     with raises(ValueError, "churn must be a non-negative number; got -1"):
         checks.check_nonnegative(-1, "churn")
-    with raises(ValueError, "prediction must be one of 'eps', 'x0', 'v', 'score', 'scaled_score'; got 'epsilon'"):
+    with raises(ValueError, "prediction must be one of 'eps', 'x0', 'v', 'score', 'scaled_score', 'u'; got 'epsilon'"):
         checks.check_prediction("epsilon")
     assert diffcore.parametrization.check_prediction is checks.check_prediction  # one definition
     xp = load_namespace("numpy")
