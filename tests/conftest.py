@@ -100,3 +100,14 @@ def jax_x64(enabled: bool):
         yield
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch pinned to one thread for the test (on a shared 2-core machine two threads were far slower
+    when another process held a core); restored after."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

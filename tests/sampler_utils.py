@@ -55,3 +55,14 @@ def exact_samples(mixture, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     D = mixture.means.shape[1] if hasattr(mixture, "means") else 2
     return np.asarray(mixture.sample(rng.standard_normal((n, D)), rng.random(n)))
+
+
+def mixture_target(n: int):
+    """(the 2-D mixture, n exact samples, the noise floor, n standard normal x_T): the target of the
+    statistical sampler tests. The floor is the largest distance between the reference set and three
+    more exact sets of the same size."""
+    mix = two_gaussians_2d()
+    refs = [exact_samples(mix, n, seed) for seed in range(1, 5)]
+    floor = max(energy_distance(refs[0], r) for r in refs[1:])
+    z = np.random.default_rng(0).standard_normal((n, 2))
+    return mix, refs[0], floor, z

@@ -27,12 +27,8 @@ SHAPE = (2, 1, 8, 8)
 DISCRETE = diffcore.GaussianDiffusion(betas=diffcore.get_named_beta_schedule("linear", 100))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# loops of small torch ops: one thread (two are far slower when another process holds a core)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _weights(seed):

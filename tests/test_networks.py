@@ -65,12 +65,8 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# loops of small torch ops: one thread (two are far slower when another process holds a core)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @functools.lru_cache(maxsize=None)

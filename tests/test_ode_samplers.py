@@ -25,7 +25,7 @@ from diffcore.samplers.ode import FACTORIES, pf_ode_drift, time_from_sigma_ratio
 from diffcore.samplers.solvers import dopri5
 
 from conftest import load_namespace, to_np
-from sampler_utils import NO_WEIGHTS, energy_distance, exact_samples, two_gaussians_2d
+from sampler_utils import NO_WEIGHTS, energy_distance, mixture_target, two_gaussians_2d
 
 SAMPLERS.update(FACTORIES)
 
@@ -362,11 +362,7 @@ N = 2000
 
 @pytest.fixture(scope="module")
 def target():
-    mix = two_gaussians_2d()
-    refs = [exact_samples(mix, N, seed) for seed in range(1, 5)]
-    floor = max(energy_distance(refs[0], r) for r in refs[1:])
-    z = np.random.default_rng(0).standard_normal((N, 2))
-    return mix, refs[0], floor, z
+    return mixture_target(N)
 
 
 def _distance(target, name, process, **options):

@@ -30,7 +30,7 @@ from diffcore.process import START_LOG_SNR, bisect_time_from_log_snr, drift_coef
 from diffcore.samplers import build, sample
 
 from conftest import to_np
-from sampler_utils import energy_distance, exact_samples, two_gaussians_2d
+from sampler_utils import energy_distance, mixture_target, two_gaussians_2d
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -138,11 +138,7 @@ N = 2000
 
 @pytest.fixture(scope="module")
 def target():
-    mix = two_gaussians_2d()
-    refs = [exact_samples(mix, N, seed) for seed in range(1, 5)]
-    floor = max(energy_distance(refs[0], r) for r in refs[1:])
-    z = np.random.default_rng(0).standard_normal((N, 2))
-    return mix, refs[0], floor, z
+    return mixture_target(N)
 
 
 def _distance(target, name, process, prediction="eps", **options):
