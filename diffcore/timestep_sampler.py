@@ -14,7 +14,27 @@ import numpy as np
 from .checks import check_choice, check_int, check_real
 from ._array import array_device, array_namespace, as_xp, concrete_min_max, to_numpy
 
-__all__ = ["TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
+__all__ = ["steps_from_uniform", "TimestepSampler", "UniformSampler", "LossSecondMomentResampler", "create_named_schedule_sampler"]
+
+
+def steps_from_uniform(u: Any, probs: Any) -> tuple[Any, Any]:
+    """Steps t ~ p by the inverse CDF of uniform draws ``u``, and the weights 1 / (T p_t).
+
+    ``probs`` (shape (T,), summing to 1) is an array of ``u``'s namespace, possibly traced: the
+    importance sampler's distribution enters a compiled training step as an argument. The CDF is
+    accumulated in at least float32 and its last entry set to 1, so every u < 1 finds a step;
+    a float16 / bfloat16 CDF would round its edges (1/3 -> 0.33325) and move draws to the next step.
+    """
+    xp = array_namespace(u, probs)
+    T = probs.shape[0]
+    work = probs.dtype if probs.dtype in (xp.float32, getattr(xp, "float64", None)) else xp.float32
+    p = xp.astype(probs, work)
+    cdf = xp.cumulative_sum(p)
+    cdf = xp.where(xp.arange(T, device=array_device(u)) == T - 1, xp.asarray(1.0, dtype=work, device=array_device(u)), cdf)
+    steps = xp.searchsorted(cdf, xp.astype(u, work), side="right")
+    steps = xp.clip(steps, max=T - 1)
+    weights = 1.0 / (T * xp.take(p, steps, axis=0))
+    return steps, xp.astype(weights, u.dtype)
 
 
 class TimestepSampler:
@@ -45,18 +65,13 @@ class TimestepSampler:
             if not (lo >= 0.0 and hi < 1.0):  # NaN fails both comparisons
                 raise ValueError(f"u must lie in [0, 1) and be finite; got values from {lo} to {hi}")
         w = np.asarray(self.weights(), dtype=np.float64)
-        p = w / np.sum(w)
-        cdf = np.cumsum(p)
-        cdf[-1] = 1.0  # guard against rounding: every u < 1 finds a step
         device = array_device(u)
-        # compare in at least float32: a float16 / bfloat16 CDF rounds its edges (1/3 -> 0.33325 in
-        # float16), moving draws just below an edge to the next step
-        work = u.dtype if u.dtype in (xp.float32, xp.float64) else xp.float32
-        cdf_x = as_xp(cdf, xp, work, device)
-        steps = xp.searchsorted(cdf_x, xp.astype(u, work), side="right")
-        steps = xp.clip(steps, max=self.num_timesteps - 1)
-        inv = as_xp(1.0 / (self.num_timesteps * p), xp, u.dtype, device)
-        return steps, xp.take(inv, steps, axis=0)
+        f64 = getattr(xp, "float64", None)
+        try:  # the distribution in float64 where the namespace has it (JAX with x64 off does not)
+            probs = as_xp(w / np.sum(w), xp, f64 if f64 is not None else xp.float32, device)
+        except (TypeError, ValueError):
+            probs = as_xp(w / np.sum(w), xp, xp.float32, device)
+        return steps_from_uniform(u, probs)
 
 
 class UniformSampler(TimestepSampler):

@@ -44,6 +44,10 @@ __all__ = [
     "StepOut",
     "Trainer",
     "step_key",
+    "TrainConfig",
+    "TrainResult",
+    "NonFiniteError",
+    "train",
 ]
 
 #: fold_in data of the training stream (kept apart from sampling's keys of the same seed).
@@ -205,3 +209,334 @@ class Trainer(Protocol):
 def step_key(backend: Any, seed: int, step: int) -> Any:
     """The key of training step ``step``: ``fold_in(fold_in(key(seed), TRAIN_STREAM), step)``."""
     return backend.fold_in(backend.fold_in(backend.key(seed), TRAIN_STREAM), step)
+
+
+# ----------------------------------------------------------------------------------- the loop
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+#: TrainConfig keys that do not change the math of a step: a run may resume with other values.
+_SCHEDULING_KEYS = ("steps", "checkpoint_every", "keep", "log_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the loop runs: batch, accumulation, seed, warmup, clipping, EMA, timestep sampler, cadence.
+
+    ``micro_batch_size`` splits each global batch of ``batch_size`` examples into micro-batches
+    whose gradients are accumulated (None: one micro-batch). ``warmup``: the learning rate rises
+    linearly over the first ``warmup`` steps, lr_s = lr min(1, (s + 1) / warmup) (DDPM used 5000).
+    ``clip_norm``: the gradient's global norm is clipped to it (None: no clipping; DDPM used 1).
+    ``ema_decay``: EMA of the weights (None: none); ``ema_warmup``: decay_s = min(decay,
+    (1 + s) / (10 + s)), the usual warm-up that keeps early EMA weights from remembering the
+    initialisation. ``timestep_sampler``: p_t for discrete objectives, "uniform" or
+    "loss-second-moment" (Improved DDPM's importance sampling for L_vlb).
+    ``checkpoint_every`` steps (None: at the end only), the last ``keep`` kept; metrics every
+    ``log_every`` steps.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    micro_batch_size: int | None = None
+    seed: int = 0
+    warmup: int = 0
+    clip_norm: float | None = 1.0
+    ema_decay: float | None = 0.9999
+    ema_warmup: bool = False
+    timestep_sampler: str = "uniform"
+    checkpoint_every: int | None = None
+    keep: int = 3
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        from .checks import check_bool, check_int
+
+        check_int(self.steps, "steps", 0)
+        check_int(self.batch_size, "batch_size", 1)
+        if self.micro_batch_size is not None:
+            check_int(self.micro_batch_size, "micro_batch_size", 1)
+            if self.batch_size % self.micro_batch_size:
+                raise ValueError(
+                    f"micro_batch_size must divide batch_size ({self.batch_size}); got {self.micro_batch_size}"
+                )
+        check_int(self.seed, "seed", 0)
+        check_int(self.warmup, "warmup", 0)
+        if self.clip_norm is not None:
+            check_positive(self.clip_norm, "clip_norm")
+        if self.ema_decay is not None:
+            d = check_real(self.ema_decay, "ema_decay")
+            if not 0.0 <= d < 1.0:
+                raise ValueError(f"ema_decay must lie in [0, 1) (or be None: no EMA); got {self.ema_decay!r}")
+        check_bool(self.ema_warmup, "ema_warmup")
+        check_choice(self.timestep_sampler, TIMESTEP_SAMPLERS, "timestep_sampler")
+        if self.checkpoint_every is not None:
+            check_int(self.checkpoint_every, "checkpoint_every", 1)
+        check_int(self.keep, "keep", 1)
+        check_int(self.log_every, "log_every", 1)
+
+    @property
+    def micro_batches(self) -> int:
+        return 1 if self.micro_batch_size is None else self.batch_size // self.micro_batch_size
+
+    def lr_at(self, step: int, peak: float) -> float:
+        """The learning rate of step ``step`` (0-based): linear warmup to ``peak``, then constant."""
+        return peak if self.warmup == 0 else peak * min(1.0, (step + 1) / self.warmup)
+
+    def ema_decay_at(self, step: int) -> float | None:
+        if self.ema_decay is None:
+            return None
+        return min(self.ema_decay, (1 + step) / (10 + step)) if self.ema_warmup else self.ema_decay
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a non-finite loss or gradient; the step was not applied."""
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` did: the steps done, whether Ctrl-C stopped it, the last checkpoint, and
+    the mean loss of each step it ran (this call's steps, for comparisons)."""
+
+    step: int
+    interrupted: bool
+    checkpoint: Any
+    losses: list
+
+
+def _sampler_for(objective: Any, config: TrainConfig) -> Any:
+    if not getattr(objective, "discrete", False):
+        return None
+    from .timestep_sampler import create_named_schedule_sampler
+
+    return create_named_schedule_sampler(config.timestep_sampler, objective.num_timesteps)
+
+
+def _describe_objective(objective: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"objective": type(objective).__name__}
+    for f in dataclasses.fields(objective):
+        v = getattr(objective, f.name)
+        d[f.name] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+    return d
+
+
+def _math_keys(train: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k not in _SCHEDULING_KEYS}
+
+
+class _Interrupt:
+    """SIGINT sets a flag the loop reads after each step (the second Ctrl-C interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _rewrite_metrics(path: Any, upto_step: int) -> None:
+    """Keep the metric lines of steps <= ``upto_step`` (a resumed run logs what the unstopped one did)."""
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= upto_step]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def train(
+    trainer: Trainer,
+    objective: Objective,
+    dataset: Any,
+    config: TrainConfig,
+    run_dir: Any = None,
+    *,
+    run_config: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int, Mapping[str, Any]], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``trainer``'s network on ``dataset`` with ``objective`` for ``config.steps`` steps.
+
+    With a ``run_dir``: resumes from its latest checkpoint when there is one (checking that it was
+    written by the same configuration: the objective, the optimizer, the training keys other than
+    the step count and cadence, and ``run_config``), appends metrics to ``run_dir/metrics.jsonl``,
+    and checkpoints every ``config.checkpoint_every`` steps, at the end, and on Ctrl-C (then it
+    returns with ``interrupted=True``). A non-finite loss or gradient raises
+    :class:`NonFiniteError` naming the step, with the last checkpoint untouched.
+    ``progress(step_done, total, info)`` is called after each step; ``stop_after`` ends this
+    call after that many steps (the run stays resumable), as an interruption would.
+    """
+    import json
+    import math
+    import os
+    import time
+    from pathlib import Path
+
+    from .data import batch_indices
+
+    bk = trainer.backend
+    xp = bk.xp
+    N = len(dataset)
+    B = config.batch_size
+    if B > N:
+        raise ValueError(f"batch_size = {B} is larger than the data ({N} examples in {dataset.name!r}); it must be in 1..{N}")
+    network_config = trainer.network.config
+    cond_data = dataset.labels if getattr(network_config, "num_class_embeds", None) is not None else None
+    if getattr(network_config, "num_class_embeds", None) is not None and cond_data is None:
+        raise ValueError(f"the network is class-conditional (num_class_embeds set) but {dataset.name!r} has no labels")
+    sampler = _sampler_for(objective, config)
+    stored = {
+        "train": config.to_dict(),
+        "optimizer": trainer.optimizer.to_dict(),
+        "objective": _describe_objective(objective),
+        "run": dict(run_config or {}),
+        "data": {"name": dataset.name, "examples": N, "shape": list(dataset.shape), "levels": dataset.levels},
+    }
+    start = 0
+    run_path = None if run_dir is None else Path(run_dir)
+    last_ckpt = None
+    if run_path is not None:
+        from . import checkpoints
+
+        run_path.mkdir(parents=True, exist_ok=True)
+        last_ckpt = checkpoints.latest_checkpoint(run_path)
+        if last_ckpt is not None:
+            ckpt = checkpoints.load_checkpoint(last_ckpt, expect_network=network_config)
+            _check_same_run(ckpt.config, stored, last_ckpt)
+            trainer.load_state_arrays({"params": ckpt.params, "ema": ckpt.ema, "optimizer": ckpt.optimizer})
+            start = int(ckpt.state["step"])
+            if sampler is not None and ckpt.history is not None and hasattr(sampler, "load_state_dict"):
+                sampler.load_state_dict(dict(ckpt.history))
+        _rewrite_metrics(run_path / "metrics.jsonl", start)
+
+    device = getattr(trainer, "device", None)
+    micro = config.micro_batches
+    mb = B // micro
+    ids = [xp.asarray(np.arange(i * mb, (i + 1) * mb, dtype=np.int64), device=device) for i in range(micro)]
+    dtype = xp.float32
+
+    def save(step: int) -> Any:
+        if run_path is None:
+            return None
+        arrays = trainer.state_arrays()
+        history = sampler.state_dict() if sampler is not None and hasattr(sampler, "state_dict") else None
+        return checkpoints.save_checkpoint(
+            run_path, step, config=stored, network_config=network_config, params=arrays["params"],
+            ema=arrays["ema"], optimizer=arrays["optimizer"], optimizer_meta={"backend": bk.name},
+            state={"step": step, "examples": step * B}, history=history, keep=config.keep,
+        )
+
+    losses: list[float] = []
+    window: list[tuple[float, float]] = []
+    end = config.steps if stop_after is None else min(config.steps, start + int(stop_after))
+    interrupted = False
+    metrics_file = None if run_path is None else open(run_path / "metrics.jsonl", "a")
+    t_window = time.perf_counter()
+    try:
+        with _Interrupt() as interrupt:
+            for step in range(start, end):
+                idx = batch_indices(N, B, config.seed, step * B)
+                x0 = xp.asarray(dataset.data[idx], dtype=dtype, device=device)
+                cond = None if cond_data is None else xp.asarray(cond_data[idx], device=device)
+                key = step_key(bk, config.seed, step)
+                t_probs = None
+                if sampler is not None:
+                    w = np.asarray(sampler.weights(), dtype=np.float64)
+                    t_probs = xp.asarray(w / w.sum(), dtype=dtype, device=device)
+                batches = [
+                    Batch(x0[i * mb : (i + 1) * mb], ids[i], key, None if cond is None else cond[i * mb : (i + 1) * mb], t_probs)
+                    for i in range(micro)
+                ]
+                lr = config.lr_at(step, trainer.optimizer.lr)
+                out = trainer.step(
+                    objective, batches, global_batch=B, lr=lr, clip_norm=config.clip_norm,
+                    ema_decay=config.ema_decay_at(step),
+                )
+                loss = float(np.mean(out.loss))
+                if not out.applied:
+                    where = f"; the last checkpoint ({last_ckpt}) is intact" if last_ckpt is not None else ""
+                    raise NonFiniteError(
+                        f"training stopped at step {step}: the loss or its gradient is not finite (mean loss {loss}, "
+                        f"gradient norm {out.grad_norm}); the step was not applied{where}"
+                    )
+                if sampler is not None and hasattr(sampler, "update_with_losses"):
+                    sampler.update_with_losses(out.t, out.raw)
+                losses.append(loss)
+                window.append((loss, out.grad_norm))
+                done = step + 1
+                info = {"step": done, "loss": loss, "grad_norm": out.grad_norm, "lr": lr}
+                if done % config.log_every == 0 or done == end:
+                    now = time.perf_counter()
+                    record = {
+                        "step": done,
+                        "loss": float(np.mean([w[0] for w in window])),
+                        "grad_norm": float(np.mean([w[1] for w in window])),
+                        "lr": lr,
+                        "ema_decay": config.ema_decay_at(step),
+                        "examples_per_s": len(window) * B / max(now - t_window, 1e-9),
+                        "time": time.time(),
+                    }
+                    window, t_window = [], now
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                if progress is not None:
+                    progress(done, config.steps, info)
+                if config.checkpoint_every is not None and done % config.checkpoint_every == 0 and done < end:
+                    last_ckpt = save(done)
+                if interrupt.requested:
+                    interrupted = True
+                    end = done
+                    break
+            if end > start or last_ckpt is None:
+                last_ckpt = save(end) if run_path is not None else None
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+    return TrainResult(step=end, interrupted=interrupted, checkpoint=last_ckpt, losses=losses)
+
+
+def _check_same_run(found: Mapping[str, Any], expected: Mapping[str, Any], where: Any) -> None:
+    """A checkpoint of another configuration is an error listing every differing key."""
+    diffs = []
+    for section in ("objective", "optimizer", "run", "data", "train"):
+        a, b = dict(found.get(section, {})), dict(expected.get(section, {}))
+        if section == "train":
+            a, b = _math_keys(a), _math_keys(b)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}")
+    if diffs:
+        raise ValueError(
+            f"the checkpoint {where} was written by another configuration; differences:\n  " + "\n  ".join(diffs)
+            + "\n(start a new run directory, or resume with the checkpoint's settings)"
+        )
