@@ -383,6 +383,7 @@ def train(
     run_config: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, Mapping[str, Any]], None] | None = None,
     stop_after: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``trainer``'s network on ``dataset`` with ``objective`` for ``config.steps`` steps.
 
@@ -393,7 +394,8 @@ def train(
     returns with ``interrupted=True``). A non-finite loss or gradient raises
     :class:`NonFiniteError` naming the step, with the last checkpoint untouched.
     ``progress(step_done, total, info)`` is called after each step; ``stop_after`` ends this
-    call after that many steps (the run stays resumable), as an interruption would.
+    call after that many steps (the run stays resumable), as an interruption would; so does
+    ``stop()`` returning True after a step (e.g. a time budget).
     """
     import json
     import math
@@ -515,6 +517,9 @@ def train(
                     last_ckpt = save(done)
                 if interrupt.requested:
                     interrupted = True
+                    end = done
+                    break
+                if stop is not None and stop():
                     end = done
                     break
             if end > start or last_ckpt is None:
