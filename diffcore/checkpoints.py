@@ -583,8 +583,8 @@ def load_checkpoint(
     except (ValueError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{where}: 'network' is not a network configuration: {err}") from None
     if expect_network is not None:
-        expected = expect_network.to_dict() if hasattr(expect_network, "to_dict") else dict(expect_network)
-        diff = _differences(network_config.to_dict(), expected)
+        expected = expect_network.to_dict() if hasattr(expect_network, "to_dict") else expect_network
+        diff = _differences(network_config.to_dict(), _json_value(expected, "expect_network"))
         if diff:
             raise CheckpointError(f"{where}: the checkpoint's network differs from the expected one: " + "; ".join(diff))
 

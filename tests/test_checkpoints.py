@@ -111,6 +111,10 @@ def test_round_trip_of_every_part(tmp_path, config):
             np.testing.assert_array_equal(c.history[k], v)
             assert type(c.history[k]) is type(v), k
         assert c.versions == doc["versions"]
+    # tuples and lists are the same JSON; the network may be given as its dict
+    tupled = {**RUN_CONFIG, "optimizer": {**RUN_CONFIG["optimizer"], "betas": (0.9, 0.999)}}
+    as_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in config.to_dict().items()}
+    assert load_checkpoint(path, expect_config=tupled, expect_network=as_dict).step == 7
     # what the sampler's load_state_dict needs, exactly
     sampler = diffcore.LossSecondMomentResampler(10, history_per_term=3)
     sampler.load_state_dict(c.history)
