@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename over."""
+"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename over; fsync of folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_bytes", "fsync_dir"]
 
 
 @contextlib.contextmanager
@@ -33,3 +33,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path) as fh:
         fh.write(data)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so that renames and new entries in it survive a power cut (POSIX; a no-op
+    where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)

@@ -144,7 +144,7 @@ def write_safetensors(
         if key not in _NAMES:
             raise TypeError(f"tensor {name!r}: dtype {a.dtype} cannot be written; supported: {sorted(_NAMES.values())}")
         dtype_name = _NAMES[key]
-        a = np.ascontiguousarray(a, dtype=DTYPES[dtype_name])
+        a = np.asarray(a, dtype=DTYPES[dtype_name], order="C")  # ascontiguousarray would make 0-d arrays 1-d
         header[name] = {"dtype": dtype_name, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
