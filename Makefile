@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.diffcore-installed
-BACKENDS := $(wildcard backends/*/pyproject.toml)
 
 .PHONY: venv test demo bench clean
 
-$(STAMP): pyproject.toml constraints.txt $(BACKENDS)
+# One distribution holds the core and both adapters (backends/ is mapped in pyproject.toml). The
+# uninstall drops the separate diffcore-torch / diffcore-jax distributions of older checkouts, which
+# would register the same entry points a second time; it is a no-op when they are absent.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt \
-		-e '.[dev,torch,jax]' $(foreach b,$(BACKENDS),-e ./$(patsubst %/,%,$(dir $(b))))
+	$(PY) -m pip uninstall -q -y diffcore-torch diffcore-jax 2>/dev/null || true
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,torch,jax]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -603,7 +603,9 @@ def backend(name: str = "numpy") -> Backend:
         known = ", ".join(repr(n) for n in available_backends())
         hint = ""
         if name in _EXTRAS:
-            hint = f"; install it with: {_install_hint(name)} and the backends/diffcore_{name} package"
+            # torch and jax are registered by diffcore's own distribution: missing only when diffcore
+            # runs from a source tree that was never installed
+            hint = f"; install it with: {_install_hint(name)}"
         raise ValueError(f"unknown backend {name!r}; known backends: {known}{hint}")
     try:
         factory = eps[name].load()
