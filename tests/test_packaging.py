@@ -1,5 +1,6 @@
 """The one distribution: pyproject.toml's entry points resolve, every adapter package is shipped,
-the `diffcore` command's placeholder answers, and `import diffcore` stays light."""
+the `diffcore` command answers, the core's dependencies stay NumPy and array-api-compat, and
+`import diffcore` stays light."""
 
 from __future__ import annotations
 
@@ -43,12 +44,20 @@ def test_every_adapter_package_is_found_by_the_package_finder():
     assert not {p for p in found if p.startswith(("tests", "bench"))}
 
 
-def test_console_script_and_python_m_reach_the_cli_placeholder():
+def test_console_script_and_python_m_reach_the_command():
     assert PYPROJECT["project"]["scripts"] == {"diffcore": "diffcore.cli:main"}
     main = _resolve(PYPROJECT["project"]["scripts"]["diffcore"])
-    assert main([]) == 2
-    run = subprocess.run([sys.executable, "-m", "diffcore"], capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 2 and "command line is being written" in run.stderr
+    assert main([]) == 2  # no command: the help, and a usage status
+    run = subprocess.run([sys.executable, "-m", "diffcore", "info"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and "diffcore" in run.stdout and "backend" in run.stdout
+
+
+def test_core_dependencies_are_numpy_and_array_api_compat_and_extras_bring_the_command():
+    deps = {d.split(">")[0].split("=")[0].strip() for d in PYPROJECT["project"]["dependencies"]}
+    assert deps == {"numpy", "array-api-compat"}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for framework in ("torch", "jax"):
+        assert "diffcore[cli]" in extras[framework]
 
 
 def test_import_diffcore_imports_no_framework_and_no_plotting():
