@@ -619,6 +619,33 @@ def test_jax_dropout_only_with_a_key(jax_modules):
     np.testing.assert_allclose(a, lin(h, "output"), rtol=1e-5, atol=1e-5)
 
 
+def test_jax_unet_dropout_layers_in_layout_order(jax_modules):
+    """UNet dropout layer i is the i-th resnet of the layout (down blocks, up blocks, mid block);
+    with a key the masks change the output, the same key repeats it, and row b's mask follows its id."""
+    jax, nnx, jnet = jax_modules
+    config = CONFIGS["multihead_scale_shift_pad0"]
+    model = jnet.UNet2D(config, rngs=nnx.Rngs(0))
+    resnets = list(dict.fromkeys(e.name.split(".resnets.")[0] + ".resnets." + e.name.split(".resnets.")[1].split(".")[0]
+                                 for e in layout(config) if ".resnets." in e.name))
+    found = {}
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, jnet.KeyedDropout):
+            found[".".join(map(str, path[:-1]))] = module.index
+    assert found == {name: i for i, name in enumerate(resnets)}
+    assert resnets[0].startswith("down_blocks") and resnets[-1].startswith("mid_block")
+
+    x, t, _ = inputs(config)
+    x = np.concatenate([x[:1], x[:1]])  # two equal rows: only their masks tell them apart
+    t = np.concatenate([t[:1], t[:1]])
+    graphdef, state = nnx.split(model)
+    f = jax.jit(lambda s, k, ids: nnx.merge(graphdef, s)(x, t, dropout_key=k, sample_ids=ids),
+                compiler_options=FAST_COMPILE)
+    key = jax.random.key(0)
+    a = np.asarray(f(state, key, np.array([0, 1])))
+    assert not np.allclose(a[0], a[1], atol=1e-4)  # equal inputs, different masks: dropout is on
+    np.testing.assert_array_equal(np.asarray(f(state, key, np.array([1, 0]))), a[::-1])
+
+
 def test_jax_mlp_trains_with_nnx_optimizer(jax_modules):
     """nnx.Optimizer over the Params, stepped inside jax.jit with the model and optimizer state
     split out as a traced argument (the pattern of a jitted training loop); the loss goes down."""

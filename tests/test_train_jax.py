@@ -33,6 +33,7 @@ class Denoise:
 
     t: float = 0.5
     tag: str = "denoise"
+    report_t: bool = False  # return the ids as the "discrete steps" drawn (checks StepOut.t)
 
     def __call__(self, backend, net, batch):
         TRACES.append(self.tag)
@@ -40,7 +41,7 @@ class Denoise:
         noise = backend.normal(backend.fold_in(batch.key, NOISE), x0.shape, x0.dtype, sample_ids=batch.ids)
         t = jnp.full((x0.shape[0],), self.t, x0.dtype)
         raw = jnp.mean((net(x0 + noise, t) - noise) ** 2, axis=1)
-        return LossOut(loss=raw, raw=raw)
+        return LossOut(loss=raw, raw=raw, t=batch.ids if self.report_t else None)
 
 
 DROP = MLPConfig(hidden_dim=32, num_layers=2, dropout=0.5)
@@ -286,8 +287,43 @@ def test_works_with_x64_on():
         tr = bk.trainer(jnet.MLP(DROP, rngs=nnx.Rngs(0)), OPT, compiler_options=FAST)
         key = step_key(bk, 0, 0)
         b = Batch(x0=jnp.asarray(data(0)), ids=jnp.arange(8), key=key)
-        outs = [tr.step(Denoise(), [b], global_batch=8, lr=lr, clip_norm=1.0, ema_decay=0.9) for lr in (1e-3, 2e-3)]
+        half = [b._replace(x0=b.x0[:4], ids=b.ids[:4]), b._replace(x0=b.x0[4:], ids=b.ids[4:])]
+        outs = [tr.step(Denoise(report_t=True), half, global_batch=8, lr=lr, clip_norm=1.0, ema_decay=0.9)
+                for lr in (1e-3, 2e-3)]
         assert all(o.applied for o in outs)
+        np.testing.assert_array_equal(outs[0].t, np.arange(8))  # examples in global-batch order
         st = tr.state_arrays()
         assert all(v.dtype == np.float32 for part in ("params", "ema") for v in st[part].values())
         assert int(st["optimizer"]["step"]) == 2
+
+
+def test_optax_adamw_is_torch_adamw():
+    """The update the trainer's optax AdamW makes is torch.optim.AdamW's (bias corrections, eps
+    outside the square root, decoupled decay on the old weights), step by step, at changing rates,
+    to float32 rounding (torch updates m with lerp, optax as b1 m + (1 - b1) g)."""
+    torch = pytest.importorskip("torch")
+    from diffcore_jax.training import _adamw
+
+    opt = OptimizerConfig(lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(50).astype(np.float32)
+    grads = rng.standard_normal((6, 50)).astype(np.float32) * np.logspace(-3, 1, 50, dtype=np.float32)
+    lrs = [1e-3, 5e-3, 1e-2, 1e-2, 3e-3, 1e-2]
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    topt = torch.optim.AdamW([tp], lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    tx = _adamw(opt)
+    jp = {"w": jnp.asarray(p0)}
+    state = tx.init(jp)
+    for g, lr in zip(grads, lrs):
+        for group in topt.param_groups:
+            group["lr"] = lr
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+        state = state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.float32(lr)})
+        upd, state = tx.update({"w": jnp.asarray(g)}, state, jp)
+        jp = {"w": jp["w"] + upd["w"]}
+    np.testing.assert_allclose(np.asarray(jp["w"]), tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+    ts = topt.state[tp]
+    np.testing.assert_allclose(np.asarray(state.inner_state[0].mu["w"]), ts["exp_avg"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(state.inner_state[0].nu["w"]), ts["exp_avg_sq"].numpy(), rtol=1e-5)
+    assert int(state.inner_state[0].count) == int(ts["step"]) == 6
