@@ -156,7 +156,9 @@ def test_accumulation_does_not_change_the_step():
     weights = jnet.to_numpy_weights(jnet.MLP(DROP, rngs=nnx.Rngs(0)))
     whole, halves = trainer(weights=weights), trainer(weights=weights)
     a = run(whole, [0], split=(8,))[0]
+    before = TRACES.count("denoise")
     b = run(halves, [0], split=(4, 4))[0]
+    assert TRACES.count("denoise") - before <= 1  # equal micro-batches: one lax.scan, the objective traced once
     assert a.applied and b.applied
     np.testing.assert_allclose(b.loss, a.loss, rtol=1e-6)  # same noise and masks per example id
     np.testing.assert_allclose(b.grad_norm, a.grad_norm, rtol=1e-5)

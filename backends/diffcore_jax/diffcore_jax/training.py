@@ -78,6 +78,13 @@ def _step_function(graphdef: Any, optimizer: OptimizerConfig, backend: Any, comp
     return jax.jit(step, static_argnums=0, compiler_options=dict(compiler_options) or None)
 
 
+def _same_shapes(batches: Sequence[Batch]) -> bool:
+    """Whether the micro-batches have one tree structure and equal shapes and dtypes (stackable)."""
+    first = jax.tree.structure(batches[0])
+    sig = lambda b: [(jnp.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(b)]  # noqa: E731
+    return all(jax.tree.structure(b) == first and sig(b) == sig(batches[0]) for b in batches[1:])
+
+
 def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state, ema, batches, global_batch, lr,
                 clip_norm, ema_decay):
     """One step (traced once per objective and structure): see :meth:`JaxTrainer.step`."""
@@ -108,14 +115,27 @@ def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state,
                 )
         return jnp.sum(out.loss) / global_batch, out
 
-    grads, outs = None, []
-    for batch in batches:  # the micro-batches: a static count, unrolled
-        g, out = jax.grad(micro_loss, has_aux=True)(params, batch)
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-        outs.append(out)
-    loss = jnp.concatenate([o.loss for o in outs])
-    raw = jnp.concatenate([o.raw for o in outs])
-    t = None if outs[0].t is None else jnp.concatenate([o.t for o in outs])
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+    if len(batches) > 1 and _same_shapes(batches):
+        # k equal micro-batches: one lax.scan, so the network's backward is compiled once, not k
+        # times; the gradients are summed in micro-batch order as the unrolled loop would.
+        def body(acc, batch):
+            g, out = grad_fn(params, batch)
+            return jax.tree.map(jnp.add, acc, g), (out.loss, out.raw, out.t)
+
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *batches)
+        grads, (loss, raw, t) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), stacked)
+        loss, raw = loss.reshape(-1), raw.reshape(-1)
+        t = None if t is None else t.reshape(-1)
+    else:
+        grads, outs = None, []
+        for batch in batches:  # a static count, unrolled
+            g, out = grad_fn(params, batch)
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            outs.append(out)
+        loss = jnp.concatenate([o.loss for o in outs])
+        raw = jnp.concatenate([o.raw for o in outs])
+        t = None if outs[0].t is None else jnp.concatenate([o.t for o in outs])
     norm = optax.tree.norm(grads)
     finite = jnp.logical_and(jnp.isfinite(norm), jnp.all(jnp.isfinite(loss)))
     if clip_norm is not None:
@@ -185,7 +205,7 @@ class JaxTrainer:
     def network(self) -> Any:
         """The module given, holding the current weights."""
         if not self._synced:
-            nnx.update(self._network, self._params)
+            nnx.update(self._network, self._params, self._rest)
             self._synced = True
         return self._network
 
@@ -202,8 +222,9 @@ class JaxTrainer:
         """One optimisation step over ``batches`` (``diffcore.training.Trainer.step``): the
         gradient of ``sum_b loss_b / global_batch`` summed over the micro-batches, clipped by its
         global norm, AdamW at ``lr``, then the EMA. Compiles once per (objective, number of
-        micro-batches, clipping on/off, EMA on/off, shapes); if the loss or the gradient norm is
-        not finite nothing changes and ``applied`` is False."""
+        micro-batches, clipping on/off, EMA on/off, shapes); micro-batches of equal shapes run
+        in one ``lax.scan`` (the backward compiled once), others unrolled. If the loss or the
+        gradient norm is not finite nothing changes and ``applied`` is False."""
         try:
             hash(objective)
         except TypeError:
