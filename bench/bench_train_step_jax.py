@@ -135,7 +135,8 @@ def main() -> None:
     print("| step | img/s (CPU time) | img/s (wall) | first call (compile) s |")
     print("|---|---:|---:|---:|")
     for k in cases:
-        print(f"| {k} | {b / statistics.median(cpu[k]):.2f} | {b / statistics.median(wall[k]):.2f} | {compile_s[k]:.1f} |")
+        rate, wall_rate = b / statistics.median(cpu[k]), b / statistics.median(wall[k])
+        print(f"| {k} | {rate:.2f} | {wall_rate:.2f} | {compile_s[k]:.1f} |")
     if "bare step" in cases:
         ratio = statistics.median(t / s for t, s in zip(cpu["JaxTrainer.step"], cpu["bare step"]))
         print(f"\nJaxTrainer.step CPU time / bare step CPU time: {ratio:.2f} (median of paired rounds)")

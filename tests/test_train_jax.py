@@ -145,7 +145,7 @@ def test_load_checks_everything_before_assigning():
         tr.load_state_arrays(bad)
     del bad["optimizer"]["exp_avg_sq/input.bias"]
     bad["optimizer"]["momentum/input.bias"] = np.zeros(32, np.float32)
-    with pytest.raises(ValueError, match=r"missing 1: \['exp_avg_sq/input.bias'\].*unexpected 1: \['momentum/input.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing 1: \['exp_avg_sq/input.bias'\].*unexpected 1: \['momentum/"):
         tr.load_state_arrays(bad)
     with pytest.raises(ValueError, match=r"missing \['ema'\]"):
         tr.load_state_arrays({"params": good["params"], "optimizer": good["optimizer"]})
@@ -177,8 +177,8 @@ def test_dropout_is_keyed_by_step_key_and_example_id():
     @jax.jit
     def by_hand(ids, key):  # the objective with the dropout key the trainer must bind
         noise = BK.normal(BK.fold_in(key, NOISE), x0.shape, jnp.float32, sample_ids=ids)
-        out = nnx.merge(graphdef, state)(x0 + noise, jnp.full(8, 0.5, jnp.float32), dropout_key=BK.fold_in(key, DROPOUT),
-                                         sample_ids=ids)
+        net = nnx.merge(graphdef, state)
+        out = net(x0 + noise, jnp.full(8, 0.5, jnp.float32), dropout_key=BK.fold_in(key, DROPOUT), sample_ids=ids)
         return jnp.mean((out - noise) ** 2, axis=1)
 
     def step(batch):  # lr 0: the weights stay, so the losses show the masks

@@ -169,7 +169,8 @@ class JaxTrainer:
         self, backend: Any, network: Any, optimizer: OptimizerConfig, *, ema: bool = True,
         compiler_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(network, nnx.Module) or not isinstance(getattr(network, "config", None), (UNetConfig, MLPConfig)):
+        config = getattr(network, "config", None)
+        if not isinstance(network, nnx.Module) or not isinstance(config, (UNetConfig, MLPConfig)):
             raise TypeError(
                 "network must be a diffcore_jax.networks.UNet2D or MLP (an nnx module with a UNetConfig / "
                 f"MLPConfig); got {type(network).__name__}"
@@ -245,7 +246,8 @@ class JaxTrainer:
         if ema_decay is not None:
             if self._ema is None:
                 raise ValueError(f"ema_decay={ema_decay!r}: this trainer keeps no EMA (made with ema=False); pass None")
-            ema_decay = jnp.asarray(_check_number(ema_decay, "ema_decay", low=0.0, high=1.0, low_open=False), jnp.float32)
+            ema_decay = _check_number(ema_decay, "ema_decay", low=0.0, high=1.0, low_open=False)
+            ema_decay = jnp.asarray(ema_decay, jnp.float32)
         batches = tuple(Batch(*(None if a is None else jnp.asarray(a) for a in b)) for b in batches)
         self._params, self._opt_state, self._ema, out = self._step(
             objective, self._params, self._rest, self._opt_state, self._ema, batches,
@@ -253,7 +255,8 @@ class JaxTrainer:
         )
         self._synced = False
         loss, raw, t, norm, finite = jax.device_get(out)  # the step's one host transfer
-        return StepOut(np.asarray(loss), np.asarray(raw), None if t is None else np.asarray(t), float(norm), bool(finite))
+        t = None if t is None else np.asarray(t)
+        return StepOut(np.asarray(loss), np.asarray(raw), t, float(norm), bool(finite))
 
     def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """{"params", "ema" (when kept), "optimizer"}: NumPy arrays in the portable layout
@@ -274,7 +277,9 @@ class JaxTrainer:
         """Load :meth:`state_arrays`' output (either backend's); every name and shape is checked
         before anything is assigned."""
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping with 'params', 'optimizer' (and 'ema'); got {type(state).__name__}")
+            raise TypeError(
+                f"state must be a mapping with 'params', 'optimizer' (and 'ema'); got {type(state).__name__}"
+            )
         need = ["params", "optimizer"] + (["ema"] if self._ema is not None else [])
         missing = [k for k in need if k not in state]
         unknown = sorted(set(state) - {"params", "optimizer", "ema"})
@@ -319,7 +324,8 @@ class JaxTrainer:
         nu = self._from_portable(adam.nu, self._param_entries, {n: moments["exp_avg_sq/" + n] for n in shapes})
         count = jnp.asarray(step, adam.count.dtype)
         inner = (adam._replace(count=count, mu=mu, nu=nu),) + tuple(self._opt_state.inner_state[1:])
-        self._opt_state = self._opt_state._replace(count=jnp.asarray(step, self._opt_state.count.dtype), inner_state=inner)
+        count = jnp.asarray(step, self._opt_state.count.dtype)
+        self._opt_state = self._opt_state._replace(count=count, inner_state=inner)
         self._params, self._rest = new_params, new_rest
         if ema is not None:
             self._ema = self._from_portable(self._ema, self._param_entries, ema)
