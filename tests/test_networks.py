@@ -579,17 +579,71 @@ def test_mlp_torch_and_jax_agree(jax_modules, classes):
     np.testing.assert_allclose(np.asarray(model(x, t, cond)), want, rtol=0, atol=TOL)
 
 
-def test_jax_dropout_only_in_training_mode(jax_modules):
-    _, nnx, jnet = jax_modules
-    config = MLPConfig(hidden_dim=16, num_layers=1, dropout=0.5)
+def test_jax_dropout_only_with_a_key(jax_modules):
+    """Keyed dropout: none without a key (train() changes nothing); with one, layer i's mask for
+    row b is uniform(fold_in(fold_in(key, i), ids[b])) >= rate, as JaxBackend.uniform draws it."""
+    jax, nnx, jnet = jax_modules
+    import diffcore
+
+    config = MLPConfig(hidden_dim=16, num_layers=2, dropout=0.5)
     model = jnet.MLP(config, rngs=nnx.Rngs(0))
+    assert not jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param)))  # no RNG state: weights only
     x, t = np.ones((4, 2), np.float32), np.full(4, 0.5, np.float32)
-    call = nnx.jit(lambda m: m(x, t))  # one compile per mode instead of one per eager op
-    np.testing.assert_array_equal(np.asarray(call(model)), np.asarray(call(model)))
+    graphdef, state = nnx.split(model)
+    call = jax.jit(lambda s, k, ids: nnx.merge(graphdef, s)(x, t, dropout_key=k, sample_ids=ids))
+    plain = np.asarray(model(x, t))
     model.train()
-    assert not np.array_equal(np.asarray(call(model)), np.asarray(call(model)))  # the RNG stream advances
-    model.eval()
-    np.testing.assert_array_equal(np.asarray(call(model)), np.asarray(call(model)))
+    np.testing.assert_array_equal(np.asarray(model(x, t)), plain)
+    key = jax.random.key(3)
+    ids = np.arange(4)
+    a = np.asarray(call(state, key, ids))
+    assert not np.allclose(a, plain)
+    np.testing.assert_array_equal(np.asarray(call(state, key, ids)), a)  # same key, same masks
+    np.testing.assert_array_equal(np.asarray(call(state, key, None)), a)  # ids default to arange(B)
+    b = np.asarray(call(state, key, ids[::-1].copy()))
+    np.testing.assert_array_equal(b[::-1], a)  # row b's mask follows its id (inputs are equal rows)
+    c = np.asarray(call(state, key, ids + 4))
+    assert not np.allclose(c, a)  # other ids, other masks
+
+    # The mask by hand: the network's dropout layers replaced by the backend's uniforms.
+    bk = diffcore.backend("jax")
+    p = {k: np.asarray(v) for k, v in jnet.to_numpy_weights(model).items()}
+    emb = np.asarray(jnet.sinusoidal_embedding(t, config.time_embed_dim, flip_sin_to_cos=config.flip_sin_to_cos,
+                                               freq_shift=config.freq_shift))
+    silu = lambda z: z / (1 + np.exp(-z))  # noqa: E731
+    lin = lambda z, n: z @ p[n + ".weight"].T + p[n + ".bias"]  # noqa: E731
+    h = silu(lin(x, "input") + lin(silu(lin(emb, "time_embedding.linear_1")), "time_embedding.linear_2"))
+    for i in range(config.num_layers):
+        u = np.asarray(bk.uniform(bk.fold_in(key, i), (4, config.hidden_dim), np.float32, sample_ids=ids))
+        h = h + np.where(u >= 0.5, silu(lin(h, f"layers.{i}")) / 0.5, 0.0)
+    np.testing.assert_allclose(a, lin(h, "output"), rtol=1e-5, atol=1e-5)
+
+
+def test_jax_unet_dropout_layers_in_layout_order(jax_modules):
+    """UNet dropout layer i is the i-th resnet of the layout (down blocks, up blocks, mid block);
+    with a key the masks change the output, the same key repeats it, and row b's mask follows its id."""
+    jax, nnx, jnet = jax_modules
+    config = CONFIGS["multihead_scale_shift_pad0"]
+    model = jnet.UNet2D(config, rngs=nnx.Rngs(0))
+    resnets = list(dict.fromkeys(e.name.split(".resnets.")[0] + ".resnets." + e.name.split(".resnets.")[1].split(".")[0]
+                                 for e in layout(config) if ".resnets." in e.name))
+    found = {}
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, jnet.KeyedDropout):
+            found[".".join(map(str, path[:-1]))] = module.index
+    assert found == {name: i for i, name in enumerate(resnets)}
+    assert resnets[0].startswith("down_blocks") and resnets[-1].startswith("mid_block")
+
+    x, t, _ = inputs(config)
+    x = np.concatenate([x[:1], x[:1]])  # two equal rows: only their masks tell them apart
+    t = np.concatenate([t[:1], t[:1]])
+    graphdef, state = nnx.split(model)
+    f = jax.jit(lambda s, k, ids: nnx.merge(graphdef, s)(x, t, dropout_key=k, sample_ids=ids),
+                compiler_options=FAST_COMPILE)
+    key = jax.random.key(0)
+    a = np.asarray(f(state, key, np.array([0, 1])))
+    assert not np.allclose(a[0], a[1], atol=1e-4)  # equal inputs, different masks: dropout is on
+    np.testing.assert_array_equal(np.asarray(f(state, key, np.array([1, 0]))), a[::-1])
 
 
 def test_jax_mlp_trains_with_nnx_optimizer(jax_modules):

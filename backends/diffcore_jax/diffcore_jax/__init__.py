@@ -272,6 +272,15 @@ class JaxBackend:
         graphdef, state = nnx.split(model)
         return _NnxApply(graphdef), state, ("nnx", graphdef)
 
+    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True, compiler_options: Any = None) -> Any:
+        """A :class:`diffcore_jax.training.JaxTrainer` for an nnx ``UNet2D`` / ``MLP``
+        (``diffcore_jax.networks``) with ``optimizer`` (a ``diffcore.training.OptimizerConfig``):
+        optax AdamW, one jitted step per objective, EMA of the weights with ``ema``;
+        ``compiler_options`` go to ``jax.jit``."""
+        from .training import JaxTrainer
+
+        return JaxTrainer(self, network, optimizer, ema=ema, compiler_options=compiler_options)
+
     # autodiff -------------------------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
         return lax.stop_gradient(x)

@@ -12,13 +12,23 @@ float network times, ``cond`` (B,) integer labels or None (the null class when c
 is on). Inside, activations are NHWC: XLA's CPU convolutions are fastest there, and attention reads
 (B, H*W, C) without a transpose.
 
-The module keeps no Python-side caches: ``graphdef, state = nnx.split(model)`` and
-``nnx.merge(graphdef, state)`` inside a jitted function work, with ``state`` traced.
+Dropout is keyed (:class:`KeyedDropout`): ``model(x, t_in, cond, dropout_key=k, sample_ids=ids)``
+drops with the config's rate; without ``dropout_key`` (the default) there is no dropout at all, so
+sampling and evaluation need no mode switch. Dropout layer i (0-based, in layout order: the resnets
+of the down blocks, the up blocks, then the mid block; MLP ``layers.i``) keeps element j of row b
+where ``u >= rate``, ``u = uniform(fold_in(fold_in(k, i), ids[b]))[j]`` (float32 uniforms, the JAX
+backend's per-sample ``uniform``), and scales what it keeps by ``1 / (1 - rate)``. The masks
+depend on (key, layer, example id) only: not on the batch an example is in.
+
+The module keeps no Python-side caches and no RNG state -- its state is its weights:
+``graphdef, state = nnx.split(model)`` and ``nnx.merge(graphdef, state)`` inside a jitted
+function work, with ``state`` traced.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import itertools
+from typing import Any, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +53,7 @@ __all__ = [
     "UNet2D",
     "MLP",
     "FrozenParam",
+    "KeyedDropout",
     "make_dropout",
     "state_paths",
     "state_to_numpy",
@@ -57,13 +68,37 @@ class FrozenParam(nnx.Variable):
     the state, but ``nnx.grad`` / ``nnx.Optimizer(wrt=nnx.Param)`` leave it alone."""
 
 
-def make_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
-    """The one dropout layer every block uses: off (deterministic) until ``model.train()``.
+class KeyedDropout(nnx.Module):
+    """Dropout (Srivastava et al. 2014) with masks from a key, no RNG state: layer ``index`` keeps
+    ``x[b, ...]`` where ``uniform(fold_in(fold_in(key, index), sample_ids[b])) >= rate`` and scales
+    it by ``1 / (1 - rate)``; the identity when ``key`` is None or ``rate`` is 0."""
 
-    Its RNG stream is part of the model state only when ``rate > 0``. Keyed dropout for training
-    can replace this function without touching the blocks.
-    """
-    return nnx.Dropout(rate, deterministic=True, rngs=rngs if rate > 0 else None)
+    def __init__(self, rate: float, index: int) -> None:
+        self.rate = float(rate)
+        self.index = int(index)
+
+    def __call__(self, x: jax.Array, key: Any = None, sample_ids: Any = None) -> jax.Array:
+        if key is None or self.rate == 0.0:
+            return x
+        u = dropout_uniform(jax.random.fold_in(key, self.index), x.shape, sample_ids)
+        return jnp.where(u >= self.rate, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), jnp.zeros((), x.dtype))
+
+
+def dropout_uniform(key: Any, shape: tuple[int, ...], sample_ids: Any = None) -> jax.Array:
+    """The float32 uniforms of a dropout mask: ``JaxBackend.uniform(key, shape, float32,
+    sample_ids=ids)`` (row b from ``fold_in(key, ids[b])``), ``ids`` defaulting to ``arange(B)``."""
+    from diffcore_jax import _draw  # the backend's one definition of a per-sample draw
+
+    shape = tuple(int(n) for n in shape)
+    ids = jnp.arange(shape[0], dtype=jnp.int32) if sample_ids is None else jnp.asarray(sample_ids)
+    if ids.shape != (shape[0],):
+        raise ValueError(f"sample_ids has shape {tuple(ids.shape)}; expected ({shape[0]},), one id per sample")
+    return _draw("uniform", key, shape, jnp.float32, ids)
+
+
+def make_dropout(rate: float, index: int) -> KeyedDropout:
+    """The one dropout layer every block uses: dropout layer ``index`` (0-based, layout order)."""
+    return KeyedDropout(rate, index)
 
 
 def _init_rng(rngs: nnx.Rngs) -> np.random.Generator:
@@ -140,7 +175,7 @@ class Embed(nnx.Module):
 class ResnetBlock(nnx.Module):
     """diffusers' ResnetBlock2D; see ``diffcore_torch.networks.ResnetBlock`` for the formula."""
 
-    def __init__(self, plan: ResnetPlan, config: UNetConfig, rngs: nnx.Rngs, rng: np.random.Generator) -> None:
+    def __init__(self, plan: ResnetPlan, config: UNetConfig, dropout_index: int, rng: np.random.Generator) -> None:
         cin, cout = plan.in_channels, plan.out_channels
         g, eps = config.norm_num_groups, config.norm_eps
         self.scale_shift = config.resnet_time_scale_shift == "scale_shift"
@@ -149,11 +184,11 @@ class ResnetBlock(nnx.Module):
         self.conv1 = Conv(cin, cout, 3, rng)
         self.time_emb_proj = Linear(config.time_embed_dim, (2 if self.scale_shift else 1) * cout, rng)
         self.norm2 = GroupNorm(cout, g, eps)
-        self.dropout = make_dropout(config.dropout, rngs)
+        self.dropout = make_dropout(config.dropout, dropout_index)
         self.conv2 = Conv(cout, cout, 3, rng)
         self.conv_shortcut = Conv(cin, cout, 1, rng) if cin != cout else None
 
-    def __call__(self, x: jax.Array, temb_act: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, temb_act: jax.Array, dropout_key: Any = None, sample_ids: Any = None) -> jax.Array:
         h = self.conv1(nnx.silu(self.norm1(x)))
         t = self.time_emb_proj(temb_act)[:, None, None, :]
         if self.scale_shift:
@@ -161,7 +196,7 @@ class ResnetBlock(nnx.Module):
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h + t)
-        h = self.conv2(self.dropout(nnx.silu(h)))
+        h = self.conv2(self.dropout(nnx.silu(h), dropout_key, sample_ids))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         return out if self.output_scale == 1.0 else out / self.output_scale
@@ -219,9 +254,11 @@ class Upsample(nnx.Module):
 class Block(nnx.Module):
     """A down, mid or up block of the plan."""
 
-    def __init__(self, plan: BlockPlan, config: UNetConfig, kind: str, rngs: nnx.Rngs, rng: np.random.Generator) -> None:
+    def __init__(
+        self, plan: BlockPlan, config: UNetConfig, kind: str, dropouts: Iterator[int], rng: np.random.Generator
+    ) -> None:
         self.attentions = nnx.List([Attention(a, config, rng) for a in plan.attentions]) if plan.attentions else None
-        self.resnets = nnx.List([ResnetBlock(r, config, rngs, rng) for r in plan.resnets])
+        self.resnets = nnx.List([ResnetBlock(r, config, next(dropouts), rng) for r in plan.resnets])
         if plan.resample is not None and kind == "down":
             self.downsamplers = nnx.List([Downsample(plan.channels, config.downsample_padding, rng)])
         elif plan.resample is not None and kind == "up":
@@ -290,14 +327,19 @@ class UNet2D(nnx.Module):
         self.time_embedding = TimestepEmbedding(plan.time_input_dim, temb, rng)
         if config.num_class_embeds is not None:
             self.class_embedding = Embed(config.num_class_embeds, temb, rng)
-        self.down_blocks = nnx.List([Block(b, config, "down", rngs, rng) for b in plan.down])
-        self.up_blocks = nnx.List([Block(b, config, "up", rngs, rng) for b in plan.up])
-        self.mid_block = Block(plan.mid, config, "mid", rngs, rng) if plan.mid is not None else None
+        dropouts = itertools.count()  # dropout layer indices in layout order: down, up, mid
+        self.down_blocks = nnx.List([Block(b, config, "down", dropouts, rng) for b in plan.down])
+        self.up_blocks = nnx.List([Block(b, config, "up", dropouts, rng) for b in plan.up])
+        self.mid_block = Block(plan.mid, config, "mid", dropouts, rng) if plan.mid is not None else None
         self.conv_norm_out = GroupNorm(c0, config.norm_num_groups, config.norm_eps)
         self.conv_out = Conv(c0, config.out_channels, 3, rng)
 
-    def __call__(self, x: jax.Array, t_in: Any, cond: Any = None) -> jax.Array:
-        """``x`` (B, C, H, W), ``t_in`` (B,) network times, ``cond`` (B,) labels or None."""
+    def __call__(
+        self, x: jax.Array, t_in: Any, cond: Any = None, *, dropout_key: Any = None, sample_ids: Any = None
+    ) -> jax.Array:
+        """``x`` (B, C, H, W), ``t_in`` (B,) network times, ``cond`` (B,) labels or None;
+        ``dropout_key`` turns dropout on (none without it), ``sample_ids`` (B,) the examples' ids
+        for its masks (default ``arange(B)``)."""
         cfg = self.config
         x = jnp.asarray(x)
         if x.ndim != 4:
@@ -333,7 +375,7 @@ class UNet2D(nnx.Module):
         skips = [h]
         for block in self.down_blocks:
             for resnet, attn in block.pairs():
-                h = resnet(h, emb)
+                h = resnet(h, emb, dropout_key, sample_ids)
                 if attn is not None:
                     h = attn(h)
                 skips.append(h)
@@ -341,13 +383,13 @@ class UNet2D(nnx.Module):
                 h = block.downsamplers[0](h)
                 skips.append(h)
         if self.mid_block is not None:
-            h = self.mid_block.resnets[0](h, emb)
+            h = self.mid_block.resnets[0](h, emb, dropout_key, sample_ids)
             if self.mid_block.attentions is not None:
                 h = self.mid_block.attentions[0](h)
-            h = self.mid_block.resnets[1](h, emb)
+            h = self.mid_block.resnets[1](h, emb, dropout_key, sample_ids)
         for block in self.up_blocks:
             for resnet, attn in block.pairs():
-                h = resnet(jnp.concatenate([h, skips.pop()], axis=-1), emb)
+                h = resnet(jnp.concatenate([h, skips.pop()], axis=-1), emb, dropout_key, sample_ids)
                 if attn is not None:
                     h = attn(h)
             if hasattr(block, "upsamplers"):
@@ -375,9 +417,13 @@ class MLP(nnx.Module):
             self.class_embedding = Embed(config.num_class_embeds, h, rng)
         self.layers = nnx.List([Linear(h, h, rng) for _ in range(config.num_layers)])
         self.output = Linear(h, config.output_dim, rng)
-        self.dropout = make_dropout(config.dropout, rngs)
+        self.dropouts = nnx.List([make_dropout(config.dropout, i) for i in range(config.num_layers)])
 
-    def __call__(self, x: jax.Array, t_in: Any, cond: Any = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t_in: Any, cond: Any = None, *, dropout_key: Any = None, sample_ids: Any = None
+    ) -> jax.Array:
+        """``x`` (B, data_dim), ``t_in`` (B,), ``cond`` (B,) labels or None; dropout as
+        :meth:`UNet2D.__call__` (layer i is ``layers.i``)."""
         cfg = self.config
         x = jnp.asarray(x)
         if x.ndim != 2 or x.shape[1] != cfg.data_dim:
@@ -390,8 +436,8 @@ class MLP(nnx.Module):
         if labels is not None:
             h = h + self.class_embedding(labels).astype(h.dtype)
         h = nnx.silu(h)
-        for layer in self.layers:
-            h = h + self.dropout(nnx.silu(layer(h)))
+        for layer, dropout in zip(self.layers, self.dropouts):
+            h = h + dropout(nnx.silu(layer(h)), dropout_key, sample_ids)
         return self.output(h)
 
 
