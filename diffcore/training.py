@@ -445,6 +445,7 @@ def train(
     mb = B // micro
     ids = [xp.asarray(np.arange(i * mb, (i + 1) * mb, dtype=np.int64), device=device) for i in range(micro)]
     dtype = xp.float32
+    stream_key = bk.fold_in(bk.key(config.seed), TRAIN_STREAM)  # step_key's first two folds, once
 
     def save(step: int) -> Any:
         if run_path is None:
@@ -469,7 +470,7 @@ def train(
                 idx = batch_indices(N, B, config.seed, step * B)
                 x0 = xp.asarray(dataset.data[idx], dtype=dtype, device=device)
                 cond = None if cond_data is None else xp.asarray(cond_data[idx], device=device)
-                key = step_key(bk, config.seed, step)
+                key = bk.fold_in(stream_key, step)  # = step_key(bk, config.seed, step)
                 t_probs = None
                 if sampler is not None:
                     w = np.asarray(sampler.weights(), dtype=np.float64)

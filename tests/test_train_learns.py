@@ -17,7 +17,7 @@ from diffcore.data import load_dataset
 from diffcore.samplers import sample
 from diffcore.training import OptimizerConfig, TrainConfig, train
 
-from .sampler_utils import energy_distance
+from sampler_utils import energy_distance
 
 # family, loss, sampler and its options, steps
 CASES = {
