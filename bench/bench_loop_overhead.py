@@ -1,9 +1,9 @@
 """The sampling loop's overhead: diffcore's DDPM against hand-written loops, side by side (issue 9).
 
     PYTHONPATH=.:backends/diffcore_torch:backends/diffcore_jax \\
-        .venv/bin/python bench/bench_loop_overhead.py [--steps 1000] [--repeats 5] [--no-jax] [--no-diffusers]
+        .venv/bin/python bench/bench_loop_overhead.py [--steps 1000] [--repeats 9] [--batch 16 ...] [--no-jax] [--no-diffusers]
 
-DDPM ancestral sampling of a (16, 3, 32, 32) float32 batch with a trivial model (x -> 0.1 x) on
+DDPM ancestral sampling of a (16, 3, 32, 32) float32 batch (``--batch``: other sizes) with a trivial model (x -> 0.1 x) on
 linear betas, on the CPU with one thread (the model costs next to nothing, so what is measured is
 the sampler's own arithmetic, its noise and its loop):
 
@@ -15,14 +15,20 @@ the sampler's own arithmetic, its noise and its loop):
   math and the same per-step keys (``fold_in(key, i)``).
 
 Each run includes the prior draw and ends with the result on the host side (JAX: blocked until
-ready). The contenders of a framework run alternately, one run each per repeat, so that other
-processes' load affects them alike; the table keeps the best run of each, in wall time and in
-this process's CPU time (which leaves out the time other processes hold the cores: on a shared,
-loaded machine it is the steadier of the two). Ratios are to the hand-written loop of the same
-framework: "wall x" of the best wall times, "CPU x" of the best CPU times, "median x" the median
-over repeats of the wall-time ratio of the two runs of one repeat. Before timing, the hand-written torch loop is checked
-against diffcore's with diffcore's noise fed to it (same math: outputs agree to float32 rounding).
-JAX compiles once, in the warm-up, outside the timings. Nothing is asserted beyond that check.
+ready). Measurement: paired rounds. In each round every contender of a framework runs once, back
+to back, the order reversed every other round (so that neither always runs first, after the
+other's caches and allocations); other processes' load then affects the runs of one round alike.
+For each contender the table gives its best wall and best CPU time of a run (CPU: this process's
+time, all its threads, which leaves out the time other processes held the cores: on a shared,
+loaded machine it is the steadier of the two) and its ratios to the hand-written loop of the same
+framework: ``med CPU x`` and ``med wall x`` are the medians over rounds of the ratio of the two
+runs of one round (the headline numbers), ``spread`` the range of the middle half of the
+per-round CPU ratios (25th-75th percentile), ``best CPU x`` the ratio of the best CPU times.
+Threads: torch runs on one (``torch.set_num_threads(1)``), XLA is told to use one; both are
+printed. ``--batch`` takes several batch sizes (the issue's is 16); each gets its own table rows.
+Before timing, the hand-written torch loop is checked against diffcore's with diffcore's noise fed
+to it (same math: outputs agree to float32 rounding). JAX compiles once, in the warm-up, outside
+the timings. Nothing is asserted beyond that check.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import diffcore  # noqa: E402
 from diffcore import GaussianDiffusion  # noqa: E402
 from diffcore.schedules import get_named_beta_schedule  # noqa: E402
 
-SHAPE = (16, 3, 32, 32)
+SHAPE = (16, 3, 32, 32)  # the issue's; main() sets the batch size of each table
 
 
 def trivial_model(x: Any, t: Any) -> Any:
@@ -70,12 +76,14 @@ def coefficients(d: GaussianDiffusion) -> list[tuple[int, float, float, float, f
 
 
 def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds of each contender's runs; one run of each per repeat, in turn."""
+    """(wall, CPU) seconds of each contender's runs: one run of each per round, back to back, the
+    order reversed every other round."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
+    names = list(contenders)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
             w0, c0 = time.perf_counter(), time.process_time()
-            run()
+            contenders[name]()
             times[name].append((time.perf_counter() - w0, time.process_time() - c0))
     return times
 
@@ -86,30 +94,31 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[
 def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> dict[str, Callable[[], Any]]:
     import torch
 
+    shape = SHAPE  # this table's batch size, fixed for the contenders' lifetime
     coefs = coefficients(d)
-    t_vecs = [torch.full((SHAPE[0],), float(c[0])) for c in coefs]  # the model's time input, precomputed too
+    t_vecs = [torch.full((shape[0],), float(c[0])) for c in coefs]  # the model's time input, precomputed too
 
     def hand(noise: Callable[[int, Any], Any] | None = None, x_T: Any = None) -> Any:
         with torch.no_grad():
             g = torch.Generator().manual_seed(0)
-            x = torch.randn(SHAPE, generator=g) if x_T is None else x_T
+            x = torch.randn(shape, generator=g) if x_T is None else x_T
             for i, ((_, a, s, c1, c2, std), t_in) in enumerate(zip(coefs, t_vecs)):
                 eps = trivial_model(x, t_in)
                 x0 = (x - s * eps) / a
-                z = torch.randn(SHAPE, generator=g) if noise is None else noise(i, x)
+                z = torch.randn(shape, generator=g) if noise is None else noise(i, x)
                 x = c1 * x0 + c2 * x + std * z
             return x
 
     def ours() -> Any:
         with torch.no_grad():
-            return diffcore.sample("ddpm", trivial_model, d, SHAPE, backend="torch", seed=0).x
+            return diffcore.sample("ddpm", trivial_model, d, shape, backend="torch", seed=0).x
 
     # same math: diffcore's result from the hand-written loop fed diffcore's own noise
     bk = diffcore.backend("torch")
     key = bk.key(0)
     loop_key = bk.fold_in(key, 1)
-    x_T = bk.normal(bk.fold_in(key, 0), SHAPE, torch.float32)
-    want = hand(lambda i, x: bk.normal(bk.fold_in(loop_key, i), (SHAPE[0], 1) + SHAPE[1:], x.dtype)[:, 0], x_T)
+    x_T = bk.normal(bk.fold_in(key, 0), shape, torch.float32)
+    want = hand(lambda i, x: bk.normal(bk.fold_in(loop_key, i), (shape[0], 1) + shape[1:], x.dtype)[:, 0], x_T)
     got = ours()
     err = float((got - want).abs().max() / want.abs().max())
     if not err < 1e-4:
@@ -131,7 +140,7 @@ def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> d
             def diffusers_loop() -> Any:
                 with torch.no_grad():
                     g = torch.Generator().manual_seed(0)
-                    x = torch.randn(SHAPE, generator=g)
+                    x = torch.randn(shape, generator=g)
                     for t in scheduler.timesteps:
                         x = scheduler.step(trivial_model(x, t), t, x, generator=g).prev_sample
                     return x
@@ -148,18 +157,19 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
     import jax.numpy as jnp
     from jax import lax
 
+    shape = SHAPE  # this table's batch size, fixed for the contenders' lifetime
     coefs = np.asarray(coefficients(d), dtype=np.float32).T  # (6, T)
 
     @jax.jit
     def hand_jit(key, coefs):
-        x = jax.random.normal(jax.random.fold_in(key, 0), SHAPE, jnp.float32)
+        x = jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
         loop_key = jax.random.fold_in(key, 1)
 
         def body(x, c):
             i, t, a, s, c1, c2, std = c
-            eps = trivial_model(x, jnp.broadcast_to(t, (SHAPE[0],)))
+            eps = trivial_model(x, jnp.broadcast_to(t, (shape[0],)))
             x0 = (x - s * eps) / a
-            z = jax.random.normal(jax.random.fold_in(loop_key, i), SHAPE, jnp.float32)
+            z = jax.random.normal(jax.random.fold_in(loop_key, i), shape, jnp.float32)
             return c1 * x0 + c2 * x + std * z, None
 
         x, _ = lax.scan(body, x, (jnp.arange(coefs.shape[1]),) + tuple(coefs))
@@ -174,7 +184,7 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
     def ours() -> Any:
         # a diffcore.Model: its weights (none here) are loop arguments, so the compiled loop is reused
         # across calls; a plain callable would be traced and compiled afresh on every call
-        return jax.block_until_ready(diffcore.sample("ddpm", jax_model, d, SHAPE, backend="jax", seed=0).x)
+        return jax.block_until_ready(diffcore.sample("ddpm", jax_model, d, shape, backend="jax", seed=0).x)
 
     return {"diffcore (jax)": ours, "hand-written jitted lax.scan": hand}
 
@@ -182,25 +192,30 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
 # ------------------------------------------------------------------------------------------- main
 
 
-def report(framework: str, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> None:
+def report(framework: str, batch: int, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> None:
     """One row per contender: best wall and CPU time of a run, CPU per step, and the ratios to the
-    reference: of the best wall times, of the best CPU times, and the median over repeats of the
-    wall-time ratio of the two runs of one repeat (they ran back to back, under about the same load)."""
-    ref_wall = [w for w, _ in times[reference]]
-    ref_cpu = [c for _, c in times[reference]]
+    reference: medians over rounds of the per-round CPU and wall ratios (the two runs of a round
+    ran back to back, under about the same load), the middle half of the per-round CPU ratios,
+    and the ratio of the best CPU times."""
+    ref = times[reference]
     for name, runs in times.items():
         wall, cpu = min(w for w, _ in runs), min(c for _, c in runs)
-        paired = float(np.median([w / r for (w, _), r in zip(runs, ref_wall)]))
+        cpu_ratios = np.array([c / rc for (_, c), (_, rc) in zip(runs, ref)])
+        wall_ratios = np.array([w / rw for (w, _), (rw, _) in zip(runs, ref)])
+        q1, q3 = np.percentile(cpu_ratios, [25, 75])
         print(
-            f"| {framework:<5} | {name:<28} | {1e3 * wall:>8.1f} | {1e3 * cpu:>8.1f} | {1e6 * cpu / steps:>9.1f} |"
-            f" {wall / min(ref_wall):>6.2f} | {cpu / min(ref_cpu):>6.2f} | {paired:>8.2f} |"
+            f"| {framework:<5} | {batch:>5} | {name:<28} | {1e3 * wall:>8.1f} | {1e3 * cpu:>8.1f} | {1e6 * cpu / steps:>9.1f} |"
+            f" {np.median(cpu_ratios):>9.2f} | {np.median(wall_ratios):>10.2f} | {q1:>4.2f}-{q3:<4.2f} |"
+            f" {cpu / min(c for _, c in ref):>10.2f} |"
         )
 
 
 def main() -> None:
+    global SHAPE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="DDPM steps (= the schedule's T; default 1000)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each contender; the best is kept (default 5)")
+    parser.add_argument("--repeats", type=int, default=9, help="paired rounds: runs of each contender (default 9)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16], help="batch sizes of (B, 3, 32, 32) (default 16)")
     parser.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
     parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers' DDPMScheduler")
     args = parser.parse_args()
@@ -225,27 +240,35 @@ def main() -> None:
             versions.append(f"jax {jax.__version__}")
         except ImportError as exc:
             print(f"jax: skipped ({exc})")
-    print(f"DDPM, {steps} steps, batch {SHAPE} float32, model x -> 0.1 x, CPU; best of {repeats} interleaved runs")
-    print(f"torch threads: {torch.get_num_threads()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {platform.machine()}, "
-          f"{os.cpu_count()} CPUs visible")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"DDPM, {steps} steps, batch (B, 3, 32, 32) float32, model x -> 0.1 x, CPU; {repeats} paired rounds")
+    print(f"torch threads: {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {platform.machine()}, {os.cpu_count()} CPUs visible"
+          + (f"; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}" if load else ""))
     print("versions: " + ", ".join(versions) + f"; diffcore from {Path(diffcore.__file__).parent}")
+    print("command: " + " ".join([Path(sys.executable).name] + sys.argv))
     print()
     print(
-        f"| {'fw':<5} | {'contender':<28} | {'wall ms':>8} | {'CPU ms':>8} | {'CPU us/st':>9} |"
-        f" {'wall x':>6} | {'CPU x':>6} | {'median x':>8} |"
+        f"| {'fw':<5} | {'batch':>5} | {'contender':<28} | {'wall ms':>8} | {'CPU ms':>8} | {'CPU us/st':>9} |"
+        f" {'med CPU x':>9} | {'med wall x':>10} | {'spread':<9} | {'best CPU x':>10} |"
     )
-    print("|-------|------------------------------|---------:|---------:|----------:|-------:|-------:|---------:|")
+    print("|-------|------:|------------------------------|---------:|---------:|----------:|----------:|-----------:|-----------|-----------:|")
 
-    t_contenders = torch_contenders(d, steps, not args.no_diffusers)
-    for run in t_contenders.values():  # warm-up
-        run()
-    report("torch", interleaved(t_contenders, repeats), "hand-written torch loop", steps)
-
-    if jax is not None:
-        j_contenders = jax_contenders(d)
-        for run in j_contenders.values():  # warm-up: compiles
+    for batch in args.batch:
+        SHAPE = (batch,) + SHAPE[1:]
+        t_contenders = torch_contenders(d, steps, not args.no_diffusers)
+        for run in t_contenders.values():  # warm-up
             run()
-        report("jax", interleaved(j_contenders, repeats), "hand-written jitted lax.scan", steps)
+        report("torch", batch, interleaved(t_contenders, repeats), "hand-written torch loop", steps)
+
+        if jax is not None:
+            j_contenders = jax_contenders(d)
+            for run in j_contenders.values():  # warm-up: compiles
+                run()
+            report("jax", batch, interleaved(j_contenders, repeats), "hand-written jitted lax.scan", steps)
+    if load:
+        load = os.getloadavg()
+        print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
 
 if __name__ == "__main__":

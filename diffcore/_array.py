@@ -21,6 +21,7 @@ __all__ = [
     "array_device",
     "is_traced",
     "as_xp",
+    "asarray_on",
     "TableCache",
     "expand_to",
     "mean_flat",
@@ -67,9 +68,24 @@ def as_xp(table: np.ndarray, xp: Any, dtype: Any, device: Any) -> Any:
     """
     np_dtype = _numpy_dtype_for(xp, dtype)
     if np_dtype is not None:
-        return xp.asarray(np.ascontiguousarray(table, dtype=np_dtype), device=device)
-    via = xp.asarray(np.ascontiguousarray(table, dtype=np.float32), device=device)
+        return asarray_on(xp, np.ascontiguousarray(table, dtype=np_dtype), device)
+    via = asarray_on(xp, np.ascontiguousarray(table, dtype=np.float32), device)
     return xp.astype(via, dtype)
+
+
+def asarray_on(xp: Any, host: Any, device: Any) -> Any:
+    """``xp.asarray(host, device=device)``, without asking for the device where the namespace's
+    default placement already is ``device``: JAX's ``asarray(..., device=)`` takes a path about
+    four times slower than a plain ``asarray`` (0.5 ms against 0.1 ms), paid per converted table."""
+    out = xp.asarray(host)
+    if device is None:
+        return out
+    try:
+        if array_device(out) == device:
+            return out
+    except Exception:  # pragma: no cover - a namespace whose devices do not compare
+        pass
+    return xp.asarray(host, device=device)
 
 
 class TableCache:
@@ -190,6 +206,23 @@ def concrete_min_max(x: Any) -> tuple[Any, Any] | None:
     if is_traced(lo) or is_traced(hi):
         return None
     return lo, hi
+
+
+def concrete_all_finite(x: Any) -> bool | None:
+    """Whether every entry of a concrete array is finite (one reduction, one read), or None where
+    reading it is not allowed (as :func:`concrete_min_max`; an empty array is all finite).
+
+    torch: ``sum(x - x)`` is exactly 0 for a finite x and NaN otherwise (flag_nonfinite's test;
+    torch's isfinite costs ten times more); elsewhere ``all(isfinite(x))``.
+    """
+    if _VALUES_CHECKED.get() or is_traced(x) or math.prod(x.shape) == 0:
+        return None
+    if type(x).__module__.startswith("torch"):
+        s = (x.detach() - x.detach()).sum()
+        return bool(s == s)
+    xp = array_namespace(x)
+    ok = xp.all(xp.isfinite(x))
+    return None if is_traced(ok) else bool(ok)
 
 
 def check_float_array(x: Any, name: str) -> Any:

@@ -346,6 +346,40 @@ def test_nonfinite_output_names_step_and_time():
         sample("ddpm", blows_up, d, (3, 2), steps=10)
 
 
+def test_torch_probes_name_the_first_nonfinite_step(torch_one_thread):
+    """Eager torch runs keep each step's probe aside and find the first bad step after the loop
+    (docs/performance.md): the same step as the flag carried in the state, in the first chunk of
+    probes and past it (chunks of 1024 are folded), for NaN and for inf; a finite run passes."""
+    import torch
+    from diffcore.samplers._base import NonfiniteProbes, nonfinite_probes
+
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 1100))
+    bad_from = {"t": -1, "value": float("nan")}
+
+    def model(x, t_in):  # a non-finite output from step 1099 - bad_from["t"] on (t_in descends)
+        return 0.1 * x + torch.where(t_in[:, None] <= bad_from["t"], bad_from["value"], 0.0)
+
+    sample("ddpm", model, d, (2, 2), backend="torch")  # finite: no error
+    for t, value, step in ((1099 - 7, float("nan"), 7), (1099 - 1050, float("inf"), 1050), (0, float("-inf"), 1099)):
+        bad_from.update(t=t, value=value)
+        with pytest.raises(FloatingPointError, match=rf"state became non-finite at step {step} \(time {t} "):
+            sample("ddpm", model, d, (2, 2), backend="torch")
+    # the probes and the state's flag agree, step by step, on the same run
+    bad_from.update(t=1099 - 3, value=float("nan"))
+    s = build("ddpm", model, d)
+    plan = plan_to(s.plan, load_namespace("torch"), torch.float64, None)
+    rows = list(zip(*(p.unbind(0) for p in plan)))
+    z = torch.zeros((2, 1, 2), dtype=torch.float64)
+    plain = probed = s.init(torch.ones((2, 2), dtype=torch.float64))
+    with nonfinite_probes() as probes:
+        for row in rows[:10]:
+            probed = s.step(probed, row, z, NO_WEIGHTS)
+    for row in rows[:10]:
+        plain = s.step(plain, row, z, NO_WEIGHTS)
+    assert int(probed.bad_step) == -1 and int(plain.bad_step) == 3 and probes.first_bad(probed.bad_step) == 3
+    assert NonfiniteProbes().first_bad(torch.tensor(-1)) == -1
+
+
 def test_nonfinite_x_T_is_not_blamed_on_the_model():
     d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
     calls = []

@@ -15,13 +15,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, NamedTuple
 
-import math
 
-from .._array import array_device, array_namespace, as_like, check_float_array, concrete_min_max, values_checked_upstream
+from .._array import array_device, array_namespace, as_like, check_float_array, concrete_all_finite, values_checked_upstream
 from .._cache import cached
 from ..backends import Backend, backend as _get_backend, check_backend_array, check_shape
 from ..models import ModelFn, split_model
-from ._base import ModelArgs, Sampler, plan_to
+from ._base import ModelArgs, Sampler, nonfinite_probes, plan_to
 from .ancestral import ddim, ddpm
 from .control import inpaint
 from .grid import time_grid
@@ -207,8 +206,7 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
         check_backend_array(bk, x_T, "x_T")
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
-    lo_hi = concrete_min_max(x_T)  # eager arrays only (one read): a NaN start is not the model's fault
-    if lo_hi is not None and not all(math.isfinite(float(v)) for v in lo_hi):
+    if concrete_all_finite(x_T) is False:  # eager arrays only (one read): a NaN start is not the model's fault
         raise FloatingPointError(
             f"sampler {sampler.name!r}: x_T holds non-finite values (NaN or inf) before the first step; "
             "check the x_T passed in, or the prior draw in this dtype"
@@ -229,12 +227,14 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
         progress=progress,
         args=ModelArgs(weights, cond),
     )
-    with values_checked_upstream():  # the plan's times are valid by construction: no sync per step
+    # the plan's times are valid by construction: no sync per step; eager torch steps keep their
+    # non-finite probes aside instead of folding each into the state's flag (flag_nonfinite)
+    with values_checked_upstream(), nonfinite_probes() as probes:
         if sampler.drive is not None:
             state = sampler.drive(sampler.step, state, plan, backend=bk, **loop_options)
         else:
             state = bk.loop(sampler.step, state, plan, **loop_options)
-    bad = int(state.bad_step)
+    bad = probes.first_bad(state.bad_step)
     if bad >= 0:
         when = sampler.times[bad] if bad < len(sampler.times) else sampler.times[-1]
         raise FloatingPointError(

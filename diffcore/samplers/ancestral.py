@@ -53,11 +53,21 @@ class DDPMPlan(NamedTuple):
     noise_scale: np.ndarray
     alpha_next: np.ndarray
     sigma_next: np.ndarray
-    # the fixed-variance step as one affine map, x_next = c_x x + c_out output + std z (derived in
-    # float64 on the host: no per-step arithmetic on 0-d coefficients)
+
+
+class DDPMAffinePlan(NamedTuple):
+    """The fixed-variance step as one affine map, x_next = c_x x + c_out output + std z (derived in
+    float64 on the host: no per-step arithmetic on 0-d coefficients). Only the columns that step
+    reads (and alpha_next / sigma_next, which inpainting reads): the eager drivers cut every column
+    into one 0-d array per step, a few us each."""
+
+    index: np.ndarray
+    t_in: np.ndarray
     c_x: np.ndarray
     c_out: np.ndarray
     std: np.ndarray
+    alpha_next: np.ndarray
+    sigma_next: np.ndarray
 
 
 def ddpm(model, process, *, steps=None, spacing="linspace", times=None, clip_denoised=False, prediction=None) -> Sampler:
@@ -87,33 +97,48 @@ def ddpm(model, process, *, steps=None, spacing="linspace", times=None, clip_den
     # x_0 is affine in (x, output) for every prediction: x_0 = a x + b output
     a = np.asarray(to_x0(np.zeros_like(alpha), prediction, np.ones_like(alpha), alpha, sigma), dtype=np.float64)
     b = np.asarray(to_x0(np.ones_like(alpha), prediction, np.zeros_like(alpha), alpha, sigma), dtype=np.float64)
-    plan = DDPMPlan(
-        index=np.arange(T),
-        t_in=np.asarray(chain.model_time(t)),
-        alpha=chain.sqrt_alphas_cumprod[t],
-        sigma=chain.sqrt_one_minus_alphas_cumprod[t],
-        coef1=chain.posterior_mean_coef1[t],
-        coef2=chain.posterior_mean_coef2[t],
-        log_var_min=chain.posterior_log_variance_clipped[t],
-        log_var_max=chain.log_betas[t],
-        log_var_fixed=fixed[t],
-        noise_scale=(t > 0).astype(np.float64),
-        alpha_next=np.sqrt(chain.alphas_cumprod_prev[t]),
-        sigma_next=np.sqrt(1.0 - chain.alphas_cumprod_prev[t]),
-        c_x=coef1 * a + coef2,
-        c_out=coef1 * b,
-        std=(t > 0) * np.exp(0.5 * fixed[t]),
-    )
     learned = var_type in ("learned", "learned_range")
     affine = not learned and not clip_denoised
+    alpha_next, sigma_next = np.sqrt(chain.alphas_cumprod_prev[t]), np.sqrt(1.0 - chain.alphas_cumprod_prev[t])
+    t_in = np.asarray(chain.model_time(t))
+    if affine:
+        plan = DDPMAffinePlan(
+            index=np.arange(T),
+            t_in=t_in,
+            c_x=coef1 * a + coef2,
+            c_out=coef1 * b,
+            std=(t > 0) * np.exp(0.5 * fixed[t]),
+            alpha_next=alpha_next,
+            sigma_next=sigma_next,
+        )
+    else:
+        plan = DDPMPlan(
+            index=np.arange(T),
+            t_in=t_in,
+            alpha=alpha,
+            sigma=sigma,
+            coef1=coef1,
+            coef2=coef2,
+            log_var_min=chain.posterior_log_variance_clipped[t],
+            log_var_max=chain.log_betas[t],
+            log_var_fixed=fixed[t],
+            noise_scale=(t > 0).astype(np.float64),
+            alpha_next=alpha_next,
+            sigma_next=sigma_next,
+        )
+
+    def affine_step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
+        # the common case in one fused expression (it costs a third of a trivial model's step)
+        index, t_in, c_x, c_out, std = plan_i[:5]
+        x = state.x
+        output = call_model(model, args, x, t_in)
+        x_next = c_x * x + c_out * output + std * noise_i[:, 0, ...]
+        return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, index))
 
     def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:
         p = DDPMPlan(*plan_i)
         x = state.x
         output = call_model(model, args, x, p.t_in, learned)
-        if affine:  # the common case in one fused expression (it costs a third of a trivial model's step)
-            x_next = p.c_x * x + p.c_out * output + p.std * noise_i[:, 0, ...]
-            return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, p.index))
         xp = array_namespace(x)
         if learned:
             mean_out, var_out = split_learned_variance(output, x.shape[1])
@@ -133,7 +158,7 @@ def ddpm(model, process, *, steps=None, spacing="linspace", times=None, clip_den
 
     # error messages name the process's own step: the original step of a respaced chain
     original = np.asarray(getattr(chain, "timestep_map", t))[t]
-    return Sampler("ddpm", plan, init_state, step, final_x, 1, T, np.asarray(original, dtype=np.float64))
+    return Sampler("ddpm", plan, init_state, affine_step if affine else step, final_x, 1, T, np.asarray(original, dtype=np.float64))
 
 
 # ----------------------------------------------------------------------------------------- DDIM
