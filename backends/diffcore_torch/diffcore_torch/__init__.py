@@ -268,6 +268,14 @@ class TorchBackend:
             key, shape, dtype, sample_ids, device,
         )
 
+    # training -------------------------------------------------------------------------------
+    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True) -> Any:
+        """A :class:`diffcore_torch.training.TorchTrainer` (the :class:`diffcore.training.Trainer`
+        protocol) for a diffcore torch network and an :class:`diffcore.training.OptimizerConfig`."""
+        from .training import TorchTrainer
+
+        return TorchTrainer(self, network, optimizer, ema=ema)
+
     # loop drivers ---------------------------------------------------------------------------
     def loop(
         self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, compile=None,
