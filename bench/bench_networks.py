@@ -47,6 +47,37 @@ def _cpu_timed(fn) -> tuple[float, float]:
     return time.process_time() - c0, time.perf_counter() - w0
 
 
+def cifar_models():
+    """(config, diffusers kwargs, diffusers UNet2DModel, diffcore-torch UNet2D) of the DDPM CIFAR-10
+    U-Net, both holding the same weights (diffusers' initialisation under torch.manual_seed(0))."""
+    import diffusers
+
+    config = UNetConfig.ddpm_cifar10()
+    kwargs = {k: v for k, v in config_to_diffusers(config).items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.UNet2DModel(**kwargs)
+    net = tnet.UNet2D(config)
+    net.load_state_dict(ref.state_dict(), strict=True)
+    return config, kwargs, ref, net
+
+
+def paired_rounds(fns: dict, rounds: int) -> tuple[dict, dict]:
+    """Warm each callable up once, then time ``rounds`` interleaved rounds (one call of each per
+    round): ({name: [cpu s]}, {name: [wall s]})."""
+    for fn in fns.values():  # warm-up: allocator, oneDNN primitives, first jit dispatch
+        fn()
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            c, w = _cpu_timed(fn)
+            cpu[k].append(c)
+            wall[k].append(w)
+    return cpu, wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -58,14 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import diffusers
 
-    config = UNetConfig.ddpm_cifar10()
-    kwargs = {k: v for k, v in config_to_diffusers(config).items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = diffusers.UNet2DModel(**kwargs)
-    net = tnet.UNet2D(config)
-    net.load_state_dict(ref.state_dict(), strict=True)
+    config, kwargs, ref, net = cifar_models()
     weights = tnet.to_numpy_weights(net)
 
     b = args.batch
@@ -165,15 +189,7 @@ def main() -> None:
 
     rows = []
     for case, fns in cases.items():
-        for fn in fns.values():  # warm-up: allocator, oneDNN primitives, first jit dispatch
-            fn()
-        cpu: dict[str, list[float]] = {k: [] for k in fns}
-        wall: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, fn in fns.items():
-                c, w = _cpu_timed(fn)
-                cpu[k].append(c)
-                wall[k].append(w)
+        cpu, wall = paired_rounds(fns, args.rounds)
         rate = {k: b / statistics.median(v) for k, v in cpu.items()}
         wall_rate = {k: b / statistics.median(v) for k, v in wall.items()}
         # The ratio pairs the two torch models round by round (they ran back to back), which

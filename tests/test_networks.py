@@ -27,12 +27,15 @@ from diffcore.networks import (
     load_diffusers,
     parameter_count,
     read_safetensors,
+    sinusoidal_embedding,
     save_diffusers,
     write_safetensors,
 )
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+import torch.nn.functional as F  # noqa: E402
+
 from diffcore_torch import networks as tnet  # noqa: E402
 
 TOL = 1e-5
@@ -184,16 +187,70 @@ def test_null_class_is_the_default_condition():
     np.testing.assert_array_equal(torch_forward(net, x, t, None), torch_forward(net, x, t, null))
 
 
-def test_dropout_only_in_training_mode():
+def test_dropout_only_with_a_key_and_keyed():
+    """No dropout without a key, whatever train() says; with one, resnet i's mask for example b is
+    uniform(fold_in(fold_in(key, i), ids[b])) >= rate, scaled by 1 / (1 - rate)."""
+    from diffcore_torch import TorchBackend
+
+    bk = TorchBackend()
     config = CONFIGS["multihead_scale_shift_pad0"]
+    assert config.dropout > 0
     net = tnet.UNet2D(config)
     x, t, _ = inputs(config)
-    assert not net.training
-    np.testing.assert_array_equal(torch_forward(net, x, t, None), torch_forward(net, x, t, None))
+    x, t = torch.as_tensor(x), torch.as_tensor(t)
+    plain = torch_forward(net, x, t, None)
     net.train()
-    torch.manual_seed(0)
-    a = torch_forward(net, x, t, None)
-    assert not np.array_equal(a, torch_forward(net, x, t, None))
+    assert np.array_equal(torch_forward(net, x, t, None), plain)
+    drops = [m for m in net.modules() if isinstance(m, tnet.Dropout)]
+    assert [m.index for m in drops] == list(range(len(drops)))
+    assert len(drops) == sum(len(b.resnets) for b in [*net.down_blocks, *net.up_blocks, net.mid_block])
+    key = bk.key(3)
+    with torch.no_grad():
+        a = net(x, t, dropout_key=key)
+        assert torch.equal(a, net(x, t, dropout_key=key, sample_ids=torch.arange(2)))  # default ids 0..B-1
+        assert not np.array_equal(a.numpy(), plain)
+        assert not torch.equal(a, net(x, t, dropout_key=bk.key(4)))
+        # example b depends on its id only: reversing the batch and the ids reverses the output
+        rev = net(x.flip(0), t.flip(0), dropout_key=key, sample_ids=[1, 0])
+        np.testing.assert_allclose(rev.flip(0).numpy(), a.numpy(), rtol=1e-5, atol=1e-5)
+        # the mask of layer i: captured at the module and checked against the backend's draw
+        seen = {}
+        hook = drops[2].register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0], out=out))
+        net(x, t, dropout_key=key, sample_ids=[5, 9])
+        hook.remove()
+        u = bk.uniform(bk.fold_in(key, 2), seen["inp"].shape, torch.float32, sample_ids=[5, 9])
+        want = seen["inp"] * ((u >= config.dropout).float() * (1 / (1 - config.dropout)))
+        assert torch.equal(seen["out"], want)
+    with pytest.raises(ValueError, match="sample_ids has 3 entries"):
+        net(x, t, dropout_key=key, sample_ids=[0, 1, 2])
+    with pytest.raises(TypeError, match="key must come from"):
+        net(x, t, dropout_key=3)
+
+
+def test_mlp_dropout_is_keyed_per_layer():
+    from diffcore_torch import TorchBackend
+
+    bk = TorchBackend()
+    net = tnet.MLP(MLPConfig(hidden_dim=16, num_layers=2, dropout=0.5))
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    with torch.no_grad():
+        plain = net(x, t)
+        net.train()
+        assert torch.equal(net(x, t), plain)
+        key = bk.key(1)
+        a = net(x, t, dropout_key=key, sample_ids=[0, 1, 2, 3])
+        assert torch.equal(a, net(x, t, dropout_key=key)) and not torch.equal(a, plain)
+        # by hand: layer i's mask from fold_in(key, i)
+        h = F.silu(net.input(x) + net.time_embedding(
+            sinusoidal_embedding(t, net.config.time_embed_dim, flip_sin_to_cos=net.config.flip_sin_to_cos, freq_shift=net.config.freq_shift)))
+        for i, layer in enumerate(net.layers):
+            z = F.silu(layer(h))
+            h = h + z * (bk.uniform(bk.fold_in(key, i), z.shape, torch.float32, sample_ids=range(4)) >= 0.5) / 0.5
+        np.testing.assert_allclose(net.output(h).numpy(), a.numpy(), rtol=1e-6, atol=1e-6)
+    no_drop = tnet.MLP(MLPConfig(hidden_dim=16, num_layers=2))
+    with torch.no_grad():
+        assert torch.equal(no_drop(x, t, dropout_key=key), no_drop(x, t))
 
 
 def test_config_json_round_trip(tmp_path):

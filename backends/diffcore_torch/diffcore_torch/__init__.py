@@ -1,4 +1,5 @@
-"""PyTorch backend for diffcore: torch.Generator random numbers, an eager loop driver (the step
+"""PyTorch backend for diffcore: counter-based random numbers (NumPy's Philox keyed by the full
+64-bit key on CPU, torch's device generator on CUDA), an eager loop driver (the step
 optionally compiled with ``torch.compile``), ``torch.func`` autodiff, CPU / CUDA / MPS devices.
 
 Registered in the ``diffcore.backends`` entry-point group as ``torch``; get it with
@@ -14,6 +15,7 @@ import weakref
 from typing import Any, NamedTuple
 
 import array_api_compat.torch as torch_xp
+import numpy as np
 import torch
 import torch.func
 
@@ -31,7 +33,8 @@ __all__ = ["TorchBackend", "TorchKey"]
 
 
 class TorchKey(NamedTuple):
-    """A counter-based key: a 64-bit state. Each draw seeds a fresh ``torch.Generator`` with it.
+    """A counter-based key: a 64-bit state. A CPU draw is Philox-4x64 (Salmon et al. 2011, NumPy's
+    ``np.random.Philox``) keyed by the whole state; a CUDA draw seeds torch's device generator.
 
     ``fold_in`` mixes integers into the state (splitmix64), so keys are values: drawing from a
     key never changes it, and the draws of step i do not depend on the draws before it.
@@ -62,14 +65,15 @@ def _compiled(step: Any, options: Any) -> Any:
     return per_step[cache_key]
 
 
-# One torch.Generator per thread and device, reseeded at every draw: creating one per draw costs
-# twice as much as seeding one (docs/performance.md). Per thread, so that concurrent draws never
+# Accelerators: one torch.Generator per thread and device, reseeded at every draw (creating one
+# per draw costs twice as much as seeding one; docs/performance.md). CUDA's generator is Philox
+# and ``manual_seed`` takes all 64 bits of the key. Per thread, so that concurrent draws never
 # share a generator between its seeding and its use.
 _GENERATORS = threading.local()
 
 
 def _generator(device: torch.device) -> torch.Generator:
-    if device.type != "cpu" and device.index is None:  # "the current device" may change: no reuse
+    if device.index is None:  # "the current device" may change: no reuse
         return torch.Generator(device=device)
     gens = getattr(_GENERATORS, "by_device", None)
     if gens is None:
@@ -78,6 +82,107 @@ def _generator(device: torch.device) -> torch.Generator:
     if gen is None:
         gen = gens[device] = torch.Generator(device=device)
     return gen
+
+
+class _Philox:
+    """NumPy's Philox-4x64 bit generator, reset per draw to key ``(state, 0)`` and counter 0.
+
+    The same numbers as ``np.random.Generator(np.random.Philox(key=state))``. Resetting a kept
+    generator through its ``state`` setter costs a few us; building a fresh Philox about 40 us.
+    """
+
+    __slots__ = ("bits", "gen", "_key", "_state")
+
+    def __init__(self) -> None:
+        self.bits = np.random.Philox(0)
+        self.gen = np.random.Generator(self.bits)
+        self._key = np.zeros(2, dtype=np.uint64)
+        self._state = {
+            "bit_generator": "Philox",
+            "state": {"counter": np.zeros(4, dtype=np.uint64), "key": self._key},
+            "buffer": np.zeros(4, dtype=np.uint64),
+            "buffer_pos": 4,
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+
+    def reset(self, state: int) -> np.random.Generator:
+        self._key[0] = state  # the setter copies: the dict is reused, never aliased
+        self.bits.state = self._state
+        return self.gen
+
+
+_PHILOX = threading.local()
+
+
+def _philox() -> _Philox:
+    ph = getattr(_PHILOX, "gen", None)
+    if ph is None:
+        ph = _PHILOX.gen = _Philox()
+    return ph
+
+
+# NumPy dtype a CPU draw is made in: float32 / float64 themselves, narrower floats via float32.
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _np_normal(gen: np.random.Generator, out: np.ndarray) -> None:
+    gen.standard_normal(dtype=out.dtype, out=out)
+
+
+def _np_uniform(gen: np.random.Generator, out: np.ndarray) -> None:
+    gen.random(dtype=out.dtype, out=out)  # (bits >> 8) * 2**-24 (float32), (bits >> 11) * 2**-53: < 1
+
+
+def _np_rademacher(gen: np.random.Generator, out: np.ndarray) -> None:
+    bits = gen.integers(0, 2, size=out.shape, dtype=np.int8)
+    np.multiply(bits, 2, out=out)
+    out -= 1
+
+
+_NP_FILLS = {"normal": _np_normal, "uniform": _np_uniform, "rademacher": _np_rademacher}
+
+
+@functools.lru_cache(maxsize=None)
+def _below_one(dtype: torch.dtype) -> float:
+    """The largest value below 1 in ``dtype``."""
+    return torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)).item()
+
+
+def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, sample_ids: Any) -> torch.Tensor:
+    """A CPU draw from Philox keyed by the key's 64 bits; with ``sample_ids``, row b keyed by
+    ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer)."""
+    fill = _NP_FILLS[method]
+    ph = _philox()
+    out = np.empty(shape, dtype=_NP_DTYPES.get(dtype, np.float32))
+    if sample_ids is None:
+        fill(ph.reset(key.state), out)
+    else:
+        ids = sample_ids.tolist() if hasattr(sample_ids, "tolist") else list(sample_ids)
+        state, rows = key.state, out.reshape(len(ids), -1)  # row b as a flat view (also for shape (B,))
+        for b, i in enumerate(ids):
+            fill(ph.reset(mix64(state, int(i))), rows[b])
+    t = torch.from_numpy(out)
+    if t.dtype != dtype:
+        t = t.to(dtype)
+        if method == "uniform":  # float32 values just below 1 may round up to 1 in bf16 / fp16
+            t = t.clamp_(max=_below_one(dtype))
+    return t
+
+
+_CPU = torch.device("cpu")
+try:  # torch.get_default_device() imports and scans the mode stack per call (~20 us a draw here)
+    _function_modes = torch._C._len_torch_function_stack
+    _DEVICE_CONTEXT = torch._GLOBAL_DEVICE_CONTEXT
+except AttributeError:  # pragma: no cover - another torch version
+    _function_modes = _DEVICE_CONTEXT = None
+
+
+def _default_device() -> torch.device:
+    """``torch.get_default_device()``, with a fast answer when no device context or mode is active."""
+    if _function_modes is not None and not _function_modes() and getattr(_DEVICE_CONTEXT, "device_context", None) is None:
+        return _CPU
+    return torch.get_default_device()
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,10 +200,14 @@ def _quiet_jvp_setup() -> None:
 class TorchBackend:
     """The PyTorch backend.
 
-    Random numbers: keys are :class:`TorchKey` values; each draw seeds a ``torch.Generator`` on the
-    target device (so the same key gives different numbers on CPU and CUDA, as in torch itself;
-    the CPU generator, mt19937, uses 32 bits of the seed). Draws go to ``device`` (default: torch's
-    default device); loops draw each step's noise on the device of the state.
+    Random numbers: keys are :class:`TorchKey` values (64 bits). On CPU a draw is NumPy's Philox
+    (counter-based) keyed by the whole 64-bit state, made in the target precision (float32 or
+    float64; bfloat16 / float16 drawn in float32 and cast, uniforms kept below 1) and wrapped with
+    ``torch.from_numpy``; row b of a ``sample_ids`` draw is the draw of ``fold_in(key, sample_ids[b])``.
+    On CUDA (and other accelerators) a draw seeds torch's generator on that device (CUDA's is
+    Philox and takes all 64 bits of the seed), so the same key gives different numbers on CPU and
+    CUDA. Draws go to ``device`` (default: torch's default device); loops draw each step's noise on
+    the device of the state.
 
     Loops: a Python loop (the NumPy backend's, :func:`diffcore.backends.python_loop`); with
     ``compile=True`` (or a dict of ``torch.compile`` options) the step runs through
@@ -131,10 +240,13 @@ class TorchBackend:
         dtype = dtype or torch.get_default_dtype()
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a torch floating dtype (e.g. torch.float32); got {dtype!r}")
+        key = _check_key(key)
+        if device.type == "cpu":
+            return _cpu_draw(method, key, shape, dtype, sample_ids)
         if sample_ids is not None:
             return per_sample_rows(self, method, key, shape, dtype, sample_ids, device)
         gen = _generator(device)
-        gen.manual_seed(_check_key(key).state)  # resets the whole state: as good as a fresh generator
+        gen.manual_seed(key.state)  # resets the whole state: as good as a fresh generator
         return fill(shape, gen, dtype, device)
 
     def normal(self, key, shape, dtype=None, *, sample_ids=None, device=None) -> torch.Tensor:
@@ -155,6 +267,14 @@ class TorchBackend:
             "uniform", lambda s, g, dt, dev: torch.rand(s, generator=g, dtype=dt, device=dev),
             key, shape, dtype, sample_ids, device,
         )
+
+    # training -------------------------------------------------------------------------------
+    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True) -> Any:
+        """A :class:`diffcore_torch.training.TorchTrainer` (the :class:`diffcore.training.Trainer`
+        protocol) for a diffcore torch network and an :class:`diffcore.training.OptimizerConfig`."""
+        from .training import TorchTrainer
+
+        return TorchTrainer(self, network, optimizer, ema=ema)
 
     # loop drivers ---------------------------------------------------------------------------
     def loop(
@@ -199,7 +319,7 @@ class TorchBackend:
 
     def device(self, spec: Any = None) -> torch.device:
         if spec is None:
-            return torch.get_default_device()
+            return _default_device()
         if type(spec) is torch.device and spec.type == "cpu":  # the fast path: loops draw on the state's device
             return spec
         try:

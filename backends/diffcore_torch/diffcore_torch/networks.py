@@ -5,8 +5,10 @@ shapes and order -- so ``load_state_dict(diffusers_unet.state_dict(), strict=Tru
 outputs equal diffusers' ``UNet2DModel`` for the same weights. The module structure is read from
 ``diffcore.networks.unet_plan(config)``.
 
-Interface: ``forward(x, t_in, cond=None)`` with ``x`` (B, C, H, W), ``t_in`` (B,) float network
-times, ``cond`` (B,) integer class labels or None (the null class when class conditioning is on).
+Interface: ``forward(x, t_in, cond=None, *, dropout_key=None, sample_ids=None)`` with ``x``
+(B, C, H, W), ``t_in`` (B,) float network times, ``cond`` (B,) integer class labels or None (the
+null class when class conditioning is on). Dropout is keyed (:class:`Dropout`): it applies iff a
+``dropout_key`` is given and the rate is > 0, whatever ``train()`` / ``eval()`` say.
 """
 
 from __future__ import annotations
@@ -28,11 +30,73 @@ from diffcore.networks import (
 )
 from diffcore.networks.layout import AttentionPlan, BlockPlan, ResnetPlan
 
-__all__ = ["UNet2D", "MLP", "to_numpy_weights", "load_numpy_weights", "Dropout"]
+__all__ = ["UNet2D", "MLP", "to_numpy_weights", "load_numpy_weights", "Dropout", "DropoutKeys"]
 
-#: The one dropout layer every block uses (active in ``train()`` mode only). Keyed/deterministic
-#: dropout can replace it here without touching the blocks.
-Dropout = nn.Dropout
+_BACKEND: Any = None
+
+
+def _backend() -> Any:
+    global _BACKEND
+    if _BACKEND is None:
+        from . import TorchBackend
+
+        _BACKEND = TorchBackend()
+    return _BACKEND
+
+
+class DropoutKeys:
+    """The keys of one forward's dropout: layer i's mask for example b is drawn from
+    ``fold_in(fold_in(key, i), sample_ids[b])`` (TorchBackend.uniform with ``sample_ids``)."""
+
+    __slots__ = ("key", "sample_ids")
+
+    def __init__(self, key: Any, sample_ids: Any, batch: int) -> None:
+        bk = _backend()
+        bk.fold_in(key, 0)  # a TorchKey, or a TypeError naming what is allowed
+        if sample_ids is None:
+            sample_ids = range(batch)
+        elif isinstance(sample_ids, torch.Tensor) and (sample_ids.dtype.is_floating_point or sample_ids.dtype.is_complex):
+            raise TypeError(f"sample_ids must hold integers (one id per example); got dtype {sample_ids.dtype}")
+        n = len(sample_ids.tolist() if hasattr(sample_ids, "tolist") else sample_ids)
+        if n != batch:
+            raise ValueError(f"sample_ids has {n} entries; the batch has {batch} examples (one id per example)")
+        self.key, self.sample_ids = key, sample_ids
+
+    def mask(self, index: int, x: torch.Tensor, rate: float) -> torch.Tensor:
+        """``(u >= rate) / (1 - rate)`` with ``u = uniform(fold_in(key, index), x.shape)`` per example,
+        drawn in x's dtype (float32 for narrower floats), on x's device; no gradient."""
+        bk = _backend()
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        u = bk.uniform(bk.fold_in(self.key, index), x.shape, dtype, sample_ids=self.sample_ids, device=x.device)
+        return (u >= rate).to(x.dtype) * (1.0 / (1.0 - rate))
+
+
+class Dropout(nn.Module):
+    """Keyed dropout (Srivastava et al. 2014): ``x * (u >= rate) / (1 - rate)``, u uniform per entry
+    from the forward's :class:`DropoutKeys` and this layer's ``index``; the identity without keys
+    or with rate 0 (in ``train()`` and ``eval()`` mode alike: no global generator is used).
+
+    ``index``: the layer's position among the network's dropout layers in module order (0-based),
+    which for the U-Net is the layout order of its resnets: down blocks, up blocks, mid block.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = float(rate)
+        self.index = 0
+
+    def forward(self, x: torch.Tensor, keys: DropoutKeys | None = None, index: int | None = None) -> torch.Tensor:
+        if keys is None or self.rate == 0.0:
+            return x
+        return x * keys.mask(self.index if index is None else index, x, self.rate)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}, index={self.index}"
+
+
+def _number_dropouts(module: nn.Module) -> None:
+    for i, m in enumerate(m for m in module.modules() if isinstance(m, Dropout)):
+        m.index = i
 
 
 class ResnetBlock(nn.Module):
@@ -55,7 +119,7 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
-    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor, drop: DropoutKeys | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         t = self.time_emb_proj(temb_act)[:, :, None, None]
         if self.scale_shift:
@@ -63,7 +127,7 @@ class ResnetBlock(nn.Module):
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h + t)
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv2(self.dropout(F.silu(h), drop))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         return out if self.output_scale == 1.0 else out / self.output_scale
@@ -205,7 +269,8 @@ class UNet2D(nn.Module):
         self.mid_block = Block(plan.mid, config, "mid") if plan.mid is not None else None
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
         self.conv_out = nn.Conv2d(c0, config.out_channels, 3, padding=1)
-        self.eval()  # dropout is off unless train() is called
+        _number_dropouts(self)
+        self.eval()  # no layer depends on the mode: dropout is keyed (forward's dropout_key)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -223,11 +288,20 @@ class UNet2D(nn.Module):
                 f"total downsampling factor (2 ** (len(block_out_channels) - 1))"
             )
 
-    def forward(self, x: torch.Tensor, t_in: Any, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, C, H, W), ``t_in`` (B,) network times, ``cond`` (B,) labels or None."""
+    def forward(
+        self, x: torch.Tensor, t_in: Any, cond: torch.Tensor | None = None, *, dropout_key: Any = None,
+        sample_ids: Any = None,
+    ) -> torch.Tensor:
+        """``x`` (B, C, H, W), ``t_in`` (B,) network times, ``cond`` (B,) labels or None.
+
+        ``dropout_key`` (a TorchKey) switches dropout on (rate ``config.dropout``): resnet i's mask
+        for example b from ``fold_in(fold_in(dropout_key, i), sample_ids[b])``; ``sample_ids``
+        defaults to ``arange(B)``. Without a key there is no dropout.
+        """
         cfg = self.config
         self._check_input(x)
         b = x.shape[0]
+        drop = DropoutKeys(dropout_key, sample_ids, b) if dropout_key is not None and cfg.dropout > 0 else None
         t = _check_times(t_in, b, x)
         labels = _check_labels(cond, b, cfg.num_class_embeds, cfg.null_class, x)
         if cfg.center_input_sample:
@@ -249,7 +323,7 @@ class UNet2D(nn.Module):
         for block in self.down_blocks:
             attns = block.attentions or [None] * len(block.resnets)
             for resnet, attn in zip(block.resnets, attns):
-                h = resnet(h, emb)
+                h = resnet(h, emb, drop)
                 if attn is not None:
                     h = attn(h)
                 skips.append(h)
@@ -257,14 +331,14 @@ class UNet2D(nn.Module):
                 h = block.downsamplers[0](h)
                 skips.append(h)
         if self.mid_block is not None:
-            h = self.mid_block.resnets[0](h, emb)
+            h = self.mid_block.resnets[0](h, emb, drop)
             if self.mid_block.attentions is not None:
                 h = self.mid_block.attentions[0](h)
-            h = self.mid_block.resnets[1](h, emb)
+            h = self.mid_block.resnets[1](h, emb, drop)
         for block in self.up_blocks:
             attns = block.attentions or [None] * len(block.resnets)
             for resnet, attn in zip(block.resnets, attns):
-                h = resnet(torch.cat([h, skips.pop()], dim=1), emb)
+                h = resnet(torch.cat([h, skips.pop()], dim=1), emb, drop)
                 if attn is not None:
                     h = attn(h)
             if hasattr(block, "upsamplers"):
@@ -278,7 +352,8 @@ class UNet2D(nn.Module):
 class MLP(nn.Module):
     """The MLP score network of :class:`~diffcore.networks.MLPConfig`:
     ``h = silu(input(x) + temb [+ class_embedding(c)])``; ``h = h + dropout(silu(layers.i(h)))``;
-    ``out = output(h)``, with ``temb = linear_2(silu(linear_1(sinusoidal(t))))``."""
+    ``out = output(h)``, with ``temb = linear_2(silu(linear_1(sinusoidal(t))))``. One
+    :class:`Dropout` module serves every layer: layer i's dropout is dropout layer i."""
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
@@ -295,20 +370,25 @@ class MLP(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.eval()
 
-    def forward(self, x: torch.Tensor, t_in: Any, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t_in: Any, cond: torch.Tensor | None = None, *, dropout_key: Any = None,
+        sample_ids: Any = None,
+    ) -> torch.Tensor:
+        """``x`` (B, data_dim); dropout only with a ``dropout_key`` (as :meth:`UNet2D.forward`)."""
         cfg = self.config
         if x.ndim != 2 or x.shape[1] != cfg.data_dim:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, {cfg.data_dim}) (MLPConfig.data_dim)")
         b = x.shape[0]
         t = _check_times(t_in, b, x)
         labels = _check_labels(cond, b, cfg.num_class_embeds, cfg.null_class, x)
+        drop = DropoutKeys(dropout_key, sample_ids, b) if dropout_key is not None and cfg.dropout > 0 else None
         e = sinusoidal_embedding(t, cfg.time_embed_dim, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
         h = self.input(x) + self.time_embedding(e.to(x.dtype))
         if labels is not None:
             h = h + self.class_embedding(labels).to(h.dtype)
         h = F.silu(h)
-        for layer in self.layers:
-            h = h + self.dropout(F.silu(layer(h)))
+        for i, layer in enumerate(self.layers):
+            h = h + self.dropout(F.silu(layer(h)), drop, i)
         return self.output(h)
 
 
