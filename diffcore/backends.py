@@ -186,6 +186,19 @@ def mix64(state: int, data: int) -> int:
     return _splitmix64(state ^ _splitmix64(int(data) & _M64))
 
 
+def _splitmix64_array(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)  # uint64 arrays wrap modulo 2**64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def mix64_many(state: int, data: Any) -> list[int]:
+    """``[mix64(state, d) for d in data]``, vectorised (one key per example of a keyed draw)."""
+    d = np.asarray(data).astype(np.int64).view(np.uint64)  # & (2**64 - 1) of each value
+    return _splitmix64_array(np.uint64(state) ^ _splitmix64_array(d)).tolist()
+
+
 def check_seed(seed: Any) -> int:
     return check_int(seed, "seed", 0)
 

@@ -106,6 +106,34 @@ class ModelFn:
         return f"ModelFn({getattr(self.apply, '__qualname__', type(self.apply).__name__)}, {kind})"
 
 
+class _MeanChannels:
+    """``apply`` with the variance half of a learned-variance output dropped (channel axis 1)."""
+
+    __slots__ = ("apply", "__weakref__")
+
+    def __init__(self, apply: Callable[..., Any]) -> None:
+        self.apply = apply
+
+    def __repr__(self) -> str:
+        return f"mean_channels({getattr(self.apply, '__qualname__', type(self.apply).__name__)})"
+
+    def __call__(self, weights: Any, x: Any, t_in: Any, cond: Any = None) -> Any:
+        from .parametrization import split_learned_variance
+
+        out = call_apply(self.apply, weights, x, t_in, cond)
+        if getattr(out, "ndim", 0) >= 2 and out.shape[1] == 2 * x.shape[1]:
+            return split_learned_variance(out, x.shape[1])[0]
+        return out  # a wrong shape is reported by the sampler's shape check
+
+
+def mean_channels(fn: ModelFn) -> ModelFn:
+    """``fn`` for samplers that use only the mean of a learned-variance model (DDIM, the ODE and SDE
+    samplers): the variance channels (the second half of axis 1) are dropped. Models that share
+    ``fn``'s key share the view's key, so a built sampler is still reused across weights."""
+    key = None if fn.key is None else ("mean_channels", fn.key)
+    return ModelFn(_MeanChannels(fn.apply), key, fn.prediction)
+
+
 def _plain(model: Callable[..., Any]) -> Callable[..., Any]:
     def apply(weights: Any, x: Any, t_in: Any, cond: Any = None) -> Any:
         return model(x, t_in) if cond is None else model(x, t_in, cond)

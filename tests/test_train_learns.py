@@ -22,10 +22,10 @@ from sampler_utils import energy_distance
 # family, loss, sampler and its options, steps
 CASES = {
     "ddpm-simple": ("ddpm", "simple", "ddim", {"steps": 50}, 400),
-    "iddpm-hybrid": ("iddpm", "hybrid", "ddim", {"steps": 50}, 400),
+    "iddpm-hybrid": ("iddpm", "hybrid", "ddpm", {}, 400),
     "vp-dsm": ("vp", "dsm", "ode_heun", {"steps": 50}, 400),
     "ve-dsm_likelihood": ("ve", "dsm_likelihood", "pc", {"steps": 200}, 400),
-    "ncsn": ("ncsn", "ncsn", "annealed_langevin", {"steps_per_level": 20, "step_lr": 2e-4}, 400),
+    "ncsn": ("ncsn", "ncsn", "annealed_langevin", {"steps_per_level": 20, "step_lr": 1e-5}, 400),
     "flow": ("flow", "flow", "ode_heun", {"steps": 50}, 400),
 }
 

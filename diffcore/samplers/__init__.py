@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 from .._array import array_device, array_namespace, as_like, check_float_array, concrete_all_finite, values_checked_upstream
 from .._cache import cached
 from ..backends import Backend, backend as _get_backend, check_backend_array, check_shape
-from ..models import ModelFn, split_model
+from ..models import ModelFn, _MeanChannels, mean_channels, split_model
 from ._base import ModelArgs, Sampler, nonfinite_probes, plan_to
 from .ancestral import ddim, ddpm
 from .control import inpaint
@@ -68,7 +68,18 @@ def build(name: str, model: Callable[..., Any], process: Any, *, backend: str | 
         raise TypeError("cond is an argument of the run, not of the sampler: pass it to diffcore.sample or Sampler.sample")
     bk = _resolve_backend(backend)
     fn, _ = split_model(model, bk)
-    return _build(name, fn, process, options)
+    return _build(name, _view(name, fn, process), process, options)
+
+
+#: samplers that read a learned variance themselves; the others see only the mean channels
+_READS_VARIANCE = ("ddpm",)
+
+
+def _view(name: str, fn: ModelFn, process: Any) -> ModelFn:
+    """The model as sampler ``name`` reads it: a learned-variance model's mean channels for every
+    sampler but those that use the variance (Improved DDPM's DDIM uses the mean only, too)."""
+    learned = getattr(process, "model_var_type", None) in ("learned", "learned_range")
+    return mean_channels(fn) if learned and name not in _READS_VARIANCE else fn
 
 
 def _build(name: str, fn: ModelFn, process: Any, options: dict) -> Sampler:
@@ -159,6 +170,7 @@ def sample(
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
     _check_process(name, process)
     fn, weights = split_model(model, bk)
+    fn = _view(name, fn, process)
     sampler = _build(name, fn, process, options)
     return _run(sampler, fn, weights, shape, bk, seed=seed, dtype=dtype, device=device, sample_ids=sample_ids,
                 x_T=x_T, mask=mask, known=known, cond=cond, progress=progress)
@@ -183,6 +195,8 @@ def run(
     """Run a built ``sampler`` with ``model``'s current weights (``Sampler.sample``)."""
     bk = _resolve_backend(backend)
     fn, weights = split_model(model, bk)
+    if isinstance(getattr(sampler.model, "apply", None), _MeanChannels):
+        fn = mean_channels(fn)
     if sampler.model is not None and fn != sampler.model:
         raise ValueError(
             f"sampler {sampler.name!r} was built for another model ({sampler.model!r}); got {fn!r}: build a sampler "

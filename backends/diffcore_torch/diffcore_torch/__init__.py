@@ -24,6 +24,7 @@ from diffcore.backends import (
     check_seed,
     check_shape,
     mix64,
+    mix64_many,
     per_sample_rows,
     python_loop,
     python_while_loop,
@@ -158,10 +159,10 @@ def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, samp
     if sample_ids is None:
         fill(ph.reset(key.state), out)
     else:
-        ids = sample_ids.tolist() if hasattr(sample_ids, "tolist") else list(sample_ids)
-        state, rows = key.state, out.reshape(len(ids), -1)  # row b as a flat view (also for shape (B,))
-        for b, i in enumerate(ids):
-            fill(ph.reset(mix64(state, int(i))), rows[b])
+        ids = sample_ids.cpu().numpy() if isinstance(sample_ids, torch.Tensor) else np.asarray(sample_ids)
+        rows = out.reshape(len(ids), -1)  # row b as a flat view (also for shape (B,))
+        for b, state in enumerate(mix64_many(key.state, ids)):
+            fill(ph.reset(state), rows[b])
     t = torch.from_numpy(out)
     if t.dtype != dtype:
         t = t.to(dtype)
