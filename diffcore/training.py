@@ -480,13 +480,22 @@ def train(
                     for i in range(micro)
                 ]
                 lr = config.lr_at(step, trainer.optimizer.lr)
-                out = trainer.step(
-                    objective, batches, global_batch=B, lr=lr, clip_norm=config.clip_norm,
-                    ema_decay=config.ema_decay_at(step),
-                )
+                where = f"; the last checkpoint ({last_ckpt}) is intact" if last_ckpt is not None else ""
+                try:
+                    out = trainer.step(
+                        objective, batches, global_batch=B, lr=lr, clip_norm=config.clip_norm,
+                        ema_decay=config.ema_decay_at(step),
+                    )
+                except NonFiniteError:
+                    raise
+                except FloatingPointError as err:
+                    # an eager backend's finiteness probe (e.g. on the model output) fired inside the
+                    # step, before anything was applied: the same fault as a non-finite loss
+                    raise NonFiniteError(
+                        f"training stopped at step {step}: {err}; the step was not applied{where}"
+                    ) from err
                 loss = float(np.mean(out.loss))
                 if not out.applied:
-                    where = f"; the last checkpoint ({last_ckpt}) is intact" if last_ckpt is not None else ""
                     raise NonFiniteError(
                         f"training stopped at step {step}: the loss or its gradient is not finite (mean loss {loss}, "
                         f"gradient norm {out.grad_norm}); the step was not applied{where}"
