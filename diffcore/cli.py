@@ -442,8 +442,7 @@ def _quality(run: Run, samples: np.ndarray) -> dict[str, Any]:
         out["energy_distance"] = float(metrics.energy_distance(samples[:n], ref.data[:n]))
         out["data_vs_data"] = float(metrics.reference_distance(ds.data, n, seed=0))
     elif ds.name.startswith("digits"):
-        judge = metrics.DigitsJudge.default()
-        out.update(judge.score(samples))
+        out.update(metrics.DigitsJudge().evaluate(samples))
     else:
         out["pixel_kid"] = float(metrics.pixel_kernel_distance(samples, ref.data[: max(len(samples), 100)]))
     return out

@@ -51,7 +51,7 @@ def _call(net: Any, x: Any, t_in: Any, cond: Any) -> Any:
     return net(x, t_in) if cond is None else net(x, t_in, cond)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class DiffusionLoss:
     """Discrete diffusion's losses (:meth:`GaussianDiffusion.loss_terms`): "simple", "hybrid", "vlb",
     "rescaled_vlb". The step t ~ p_t from the batch's ``t_probs`` (importance sampling), and the
@@ -104,7 +104,7 @@ def _continuous_times(bk: Any, process: Any, batch: Batch, eps: float) -> Any:
     return lo + (hi - lo) * _draw_uniform(bk, batch)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ScoreLoss:
     """Continuous-time DSM: 1/2 ||sigma s + z||^2 (lambda = sigma^2), or 1/2 g^2 ||s + z / sigma||^2
     (``likelihood_weighting``), at x_t = alpha x0 + sigma z, t ~ U(eps, T) (score_sde's eps = 1e-5)."""
@@ -137,7 +137,7 @@ class ScoreLoss:
         return LossOut(loss=loss, raw=loss)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class NCSNLoss:
     """NCSN's loss over a ladder sigma_1 > ... > sigma_L of a VE process: a level drawn uniformly per
     example, x~ = x + sigma z, 1/2 ||s(x~, sigma) + z / sigma||^2 sigma^anneal_power (Song & Ermon 2019,
@@ -181,7 +181,7 @@ class NCSNLoss:
         return LossOut(loss=loss, raw=loss)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class SlicedScoreLoss:
     """Sliced score matching on the data (Song et al. 2019): E[v^T (ds/dx) v + 1/2 (v^T s)^2] with
     Gaussian projections v (``variance_reduced``: 1/2 ||s||^2 in place of 1/2 (v^T s)^2). The network
@@ -211,7 +211,7 @@ class SlicedScoreLoss:
         return LossOut(loss=loss, raw=loss)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class FlowLoss:
     """Rectified flow's velocity regression, mean over dims of ||u_hat - (z - x0)||^2 at
     x_t = (1 - t) x0 + t z, t ~ U(0, 1) (Liu et al. 2023; Lipman et al. 2023)."""
