@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m diffcore.demo
+	$(PY) -m diffcore demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV)
