@@ -319,11 +319,29 @@ def _sampler_for(objective: Any, config: TrainConfig) -> Any:
     return create_named_schedule_sampler(config.timestep_sampler, objective.num_timesteps)
 
 
+def describe_process(process: Any) -> str:
+    """The process as a checkpoint records it: its class and a digest of alpha(t), sigma(t) and the
+    network's time input on a grid of its time range (float64), so any change of schedule shows."""
+    import hashlib
+
+    from .process import is_discrete, time_range
+
+    lo, hi = (float(v) for v in time_range(process))
+    t = np.arange(int(lo), int(hi) + 1) if is_discrete(process) else np.linspace(lo, hi, 65)
+    h = hashlib.sha256()
+    for f in (process.alpha, process.sigma, process.model_time):
+        h.update(np.ascontiguousarray(np.asarray(f(t), dtype=np.float64)).tobytes())
+    return f"{type(process).__name__}:{h.hexdigest()[:16]}"
+
+
 def _describe_objective(objective: Any) -> dict[str, Any]:
     d: dict[str, Any] = {"objective": type(objective).__name__}
     for f in dataclasses.fields(objective):
         v = getattr(objective, f.name)
-        d[f.name] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+        if f.name == "process":
+            d[f.name] = describe_process(v)
+        else:
+            d[f.name] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
     return d
 
 

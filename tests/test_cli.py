@@ -1,0 +1,148 @@
+"""The diffcore command as a user drives it: subprocesses on tiny settings, and its failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--data", "two_moons", "--data.examples", "400", "--network.hidden_dim", "32", "--network.num_layers", "1",
+        "--train.batch_size", "32", "--train.log_every", "5", "--quiet"]
+
+
+def diffcore(*args, check=True, timeout=240, env=None):
+    run = subprocess.run([sys.executable, "-m", "diffcore", *map(str, args)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check and run.returncode != 0:
+        raise AssertionError(f"diffcore {' '.join(map(str, args))} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+    return run
+
+
+def test_train_resume_sample_nll(tmp_path):
+    run = tmp_path / "vp"
+    diffcore("train", "--run", run, "--model", "vp", "--steps", 20, *TINY)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["family"] == "vp" and config["train"]["steps"] == 20
+    assert (run / "checkpoints" / "step_000000020" / "net" / "model.safetensors").is_file()
+    assert (run / "pictures" / "loss.png").is_file()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 10, 15, 20] and all(np.isfinite(r["loss"]) for r in lines)
+    # the same command with more steps resumes; the metrics continue
+    out = diffcore("train", "--run", run, "--model", "vp", "--steps", 30, *TINY[:-1])
+    assert "resuming step_000000020" in out.stdout and "trained to step 30" in out.stdout
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()][-2:] == [25, 30]
+    out = diffcore("sample", "--run", run, "--sampler", "ddim", "--steps", 10, "--n", 64)
+    assert "energy_distance" in out.stdout and "ddim" in out.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    row = summary["samples"]["samples-ddim"]
+    assert row["NFE"] == 10 and Path(row["picture"]).is_file() and row["energy_distance"] > 0
+    out = diffcore("nll", "--run", run, "--examples", 8, "--nll.rtol", "1e-2", "--nll.atol", "1e-2")
+    assert np.isfinite(json.loads((run / "summary.json").read_text())["nll"]["ode"]["bits/dim"])
+
+
+def test_train_on_jax_and_a_toml_config(tmp_path):
+    pytest.importorskip("jax")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('backend = "jax"\n[model]\nfamily = "ddpm"\ntimesteps = 50\n[train]\nsteps = 8\n')
+    run = tmp_path / "jax"
+    diffcore("train", "--run", run, "--config", cfg, *TINY)
+    config = json.loads((run / "config.json").read_text())
+    assert config["backend"] == "jax" and config["model"]["timesteps"] == 50
+    assert (run / "checkpoints" / "step_000000008").is_dir()
+    # flags override the file
+    run2 = tmp_path / "jax2"
+    diffcore("train", "--run", run2, "--config", cfg, "--steps", 4, *TINY)
+    assert json.loads((run2 / "config.json").read_text())["train"]["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "mnist"], "unknown dataset 'mnist': built-in names are"),
+        (["train", "--data", "/no/such/folder/"], "does not exist"),
+        (["train", "--model", "gan"], "model.family must be one of 'ddpm', 'iddpm', 'vp'"),
+        (["train", "--model", "ddpm", "--loss", "dsm"], "model.loss (for family 'ddpm') must be one of"),
+        (["train", "--backend", "tensorflow"], "invalid choice: 'tensorflow'"),
+        (["train", "--lr", "-1", "--data", "two_moons"], "lr must be a positive number"),
+        (["train", "--train.batch_size", "5000", "--data", "two_moons", "--data.examples", "100"], "larger than the data"),
+        (["sample", "--run", "/no/such/run"], "not a run directory"),
+        (["train", "--stpes", "3"], "unrecognized arguments: --stpes"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+    out = diffcore(*args, "--run", tmp_path / "r", check=False) if "--run" not in args else diffcore(*args, check=False)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstpes = 3\n")
+    out = diffcore("train", "--config", bad, "--run", tmp_path / "r", check=False)
+    assert out.returncode == 2 and "unknown configuration key 'train.stpes'; valid keys in [train]:" in out.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\n")
+    out = diffcore("train", "--config", broken, "--run", tmp_path / "r", check=False)
+    assert out.returncode == 2 and "not valid TOML" in out.stderr
+
+
+def test_a_run_of_another_model_is_not_overwritten(tmp_path):
+    run = tmp_path / "r"
+    diffcore("train", "--run", run, "--model", "flow", "--steps", 2, *TINY)
+    out = diffcore("train", "--run", run, "--model", "vp", "--steps", 2, *TINY, check=False)
+    assert out.returncode == 2 and "model.family: run has 'flow', flags give 'vp'" in out.stderr
+    diffcore("train", "--run", run, "--model", "vp", "--steps", 2, "--force", *TINY)
+    assert json.loads((run / "config.json").read_text())["model"]["family"] == "vp"
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "diffcore", "train", "--run", str(run), "--model", "vp",
+                             "--steps", "100000", *TINY[:-1], "--train.log_every", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted at step" in out
+    step = json.loads((run / "summary.json").read_text())["steps"]
+    assert (run / "checkpoints" / f"step_{step:09d}").is_dir()
+    out = diffcore("train", "--run", run, "--model", "vp", "--steps", step + 3, *TINY[:-1])
+    assert f"resuming step_{step:09d}" in out.stdout and f"trained to step {step + 3}" in out.stdout
+
+
+def test_import_a_diffusers_unet_and_sample_it(tmp_path):
+    from diffcore.networks import UNetConfig, layout, save_diffusers
+
+    config = UNetConfig(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                        layers_per_block=1, norm_num_groups=4, add_attention=False)
+    rng = np.random.default_rng(0)
+    weights = {e.name: (0.05 * rng.standard_normal(e.shape)).astype(np.float32) for e in layout(config)}
+    src = tmp_path / "pipe"
+    save_diffusers(src / "unet", config, weights)
+    (src / "scheduler").mkdir()
+    (src / "scheduler" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100, "beta_schedule": "linear"}))
+    run = tmp_path / "imported"
+    diffcore("import", src, "--run", run, "--quiet")
+    assert json.loads((run / "config.json").read_text())["model"]["timesteps"] == 100
+    out = diffcore("sample", "--run", run, "--sampler", "ddim", "--steps", 5, "--n", 4)
+    assert "ddim" in out.stdout
+    out = diffcore("import", tmp_path / "nothing", "--run", tmp_path / "x", check=False)
+    assert out.returncode == 2
+
+
+def test_info_lists_versions_and_backends():
+    out = diffcore("info")
+    assert "numpy" in out.stdout and "backend torch" in out.stdout
