@@ -542,6 +542,8 @@ def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = Non
                                    mask=mask, known=known, cond=cond)
     stem = f"samples-{name}" + (f"-inpaint-{args.inpaint}" if getattr(args, "inpaint", None) else "")
     row = {"sampler": name, "NFE": nfe, "seconds": seconds, **_quality(run, x), "picture": _picture(run, x, stem)}
+    if len(run.dataset().shape) == 1 and run.dataset().shape[0] == 2:
+        _score_picture(run, bk, net)
     np.save(run.pictures / f"{stem}.npy", x)
     summary_path = run.path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -549,6 +551,38 @@ def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = Non
     _write_json(summary_path, summary)
     console.table(f"sampled {n} from {run.path} (step {ckpt.step}, {'EMA' if s['ema'] else 'raw'} weights)", [row])
     return row
+
+
+def _score_picture(run: Run, bk: Any, net: Any) -> str:
+    """The learned score field of a 2-D model at a small noise level, over the data."""
+    from . import plots
+    from .parametrization import to_score
+    from .process import is_discrete, time_range
+
+    process = run.process()
+    lo, hi = (float(v) for v in time_range(process))
+    t = lo + 0.05 * (hi - lo)
+    if is_discrete(process):
+        t = float(round(t))
+    xp = bk.xp
+    prediction = recipes.prediction_of(run.config)
+
+    def score(points: np.ndarray) -> np.ndarray:
+        tt = np.full(len(points), t)
+        if is_discrete(process):
+            tt = tt.astype(np.int64)
+        a, s = (np.asarray(f(tt), dtype=np.float64).reshape(-1, 1) for f in (process.alpha, process.sigma))
+        t_in = np.asarray(process.model_time(tt), dtype=np.float32)
+        with _no_grad(run.config["backend"]):
+            out = _to_numpy(net(xp.asarray(points.astype(np.float32)), xp.asarray(t_in)))[:, :2]
+        return np.asarray(to_score(out, prediction, points, a, s))
+
+    data = run.dataset().data
+    lo_x, hi_x = np.quantile(data, [0.005, 0.995], axis=0)
+    pad = 0.15 * (hi_x - lo_x)
+    extent = (lo_x[0] - pad[0], hi_x[0] + pad[0], lo_x[1] - pad[1], hi_x[1] + pad[1])
+    return str(plots.score_field(score, run.pictures / "score_field.png", extent, data=data[:500],
+                                 title=f"learned score at t = {t:g}"))
 
 
 def _inpaint_inputs(run: Run, where: str, n: int, bk: Any) -> tuple[Any, Any]:
