@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m diffcore demo $(DEMO_ARGS)

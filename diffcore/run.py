@@ -316,7 +316,7 @@ def optimizer_config(config: Mapping[str, Any]) -> Any:
 def default_sampler(config: Mapping[str, Any]) -> str:
     family = config["model"]["family"]
     return config["sample"]["sampler"] or {
-        "ddpm": "ddim", "iddpm": "ddim", "vp": "pc", "subvp": "pc", "ve": "pc", "ncsn": "annealed_langevin", "flow": "ode_heun",
+        "ddpm": "ddim", "iddpm": "ddpm", "vp": "pc", "subvp": "pc", "ve": "pc", "ncsn": "annealed_langevin", "flow": "ode_heun",
     }[family]
 
 

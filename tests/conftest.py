@@ -11,6 +11,12 @@ import contextlib
 import importlib
 import os
 
+# Under pytest-xdist (make test runs two workers on two cores) each worker keeps to one thread:
+# two workers of two threads each would oversubscribe the cores. Set before torch or XLA start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
