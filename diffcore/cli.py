@@ -536,10 +536,22 @@ def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = Non
     label = getattr(args, "label", None)
     if label is None and s["label"] >= 0:
         label = s["label"]
-    if label is not None:
-        cond = bk.xp.asarray(np.full(n, label, dtype=np.int64))
+    guidance = getattr(args, "guidance", None)
+    guidance = s["guidance"] if guidance is None else guidance
+    classes = getattr(ckpt.network_config, "num_class_embeds", None)
+    if classes is not None:  # class-conditional: the asked class, or every class in turn
+        labels = np.full(n, label) if label is not None else np.arange(n) % (classes - 1)
+        cond = bk.xp.asarray(labels.astype(np.int64))
+        if guidance:
+            from .samplers.control import classifier_free_guidance
+
+            net = classifier_free_guidance(net, guidance, learned_variance=recipes.learned_variance(run.process()))
+    elif label is not None or guidance:
+        raise UsageError("--label and --guidance need a class-conditional model (train with --network.class_conditional true)")
     x, nfe, seconds = draw_samples(run, bk, net, name, options, n, seed=run.config["seed"], console=console,
                                    mask=mask, known=known, cond=cond)
+    if classes is not None and guidance:
+        nfe *= 2  # the guided model calls the network twice (conditional and unconditional)
     stem = f"samples-{name}" + (f"-inpaint-{args.inpaint}" if getattr(args, "inpaint", None) else "")
     row = {"sampler": name, "NFE": nfe, "seconds": seconds, **_quality(run, x), "picture": _picture(run, x, stem)}
     if len(run.dataset().shape) == 1 and run.dataset().shape[0] == 2:

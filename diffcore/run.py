@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "clip_norm": 1.0,  # 0: no clipping
         "ema_decay": 0.999,  # 0: no EMA
         "ema_warmup": True,
+        "cond_dropout": 0.1,  # class-conditional networks: labels dropped to the null class (for guidance)
         "timestep_sampler": "uniform",
         "checkpoint_every": 0,  # 0: at the end (and on Ctrl-C) only
         "keep": 3,
@@ -114,9 +115,8 @@ DEFAULTS: dict[str, Any] = {
         "n": 64,
         "ema": True,
         "options": {},  # further sampler options by name
-        "trajectory": True,
-        "guidance": 0.0,
-        "label": -1,
+        "guidance": 0.0,  # classifier-free guidance weight w: uncond + w (cond - uncond); 0: none
+        "label": -1,  # class-conditional: -1 draws the classes in turn
     },
     "nll": {
         "method": "ode",  # ode | vlb
@@ -257,7 +257,7 @@ def build_network_config(config: Mapping[str, Any], data_shape: tuple[int, ...],
     kind = n["type"]
     if kind == "auto":
         kind = "unet" if is_image(data_shape) else "mlp"
-    classes = num_classes if n["class_conditional"] else None
+    classes = num_classes + 1 if n["class_conditional"] else None  # + the null class (the last index)
     if n["class_conditional"] and num_classes is None:
         raise ValueError("network.class_conditional needs a dataset with labels (digits, CIFAR-10)")
     factor = 2 if learned_variance(process) else 1
@@ -303,6 +303,7 @@ def train_config(config: Mapping[str, Any]) -> Any:
         steps=t["steps"], batch_size=t["batch_size"], micro_batch_size=t["micro_batch_size"] or None,
         seed=config["seed"], warmup=t["warmup"], clip_norm=t["clip_norm"] or None, ema_decay=t["ema_decay"] or None,
         ema_warmup=t["ema_warmup"], timestep_sampler=t["timestep_sampler"],
+        cond_dropout=t["cond_dropout"] if config["network"]["class_conditional"] else 0.0,
         checkpoint_every=t["checkpoint_every"] or None, keep=t["keep"], log_every=t["log_every"],
     )
 

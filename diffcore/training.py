@@ -36,6 +36,7 @@ __all__ = [
     "TIME",
     "DROPOUT",
     "EXTRA",
+    "COND",
     "OPTIMIZERS",
     "PRECISIONS",
     "OptimizerConfig",
@@ -53,7 +54,7 @@ __all__ = [
 #: fold_in data of the training stream (kept apart from sampling's keys of the same seed).
 TRAIN_STREAM = 0x7472_6169  # "trai"
 #: fold_in data of the per-purpose streams under a step's key.
-NOISE, TIME, DROPOUT, EXTRA = 0, 1, 2, 3
+NOISE, TIME, DROPOUT, EXTRA, COND = 0, 1, 2, 3, 4
 
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("float32", "bf16")
@@ -227,7 +228,10 @@ class TrainConfig:
     ``clip_norm``: the gradient's global norm is clipped to it (None: no clipping; DDPM used 1).
     ``ema_decay``: EMA of the weights (None: none); ``ema_warmup``: decay_s = min(decay,
     (1 + s) / (10 + s)), the usual warm-up that keeps early EMA weights from remembering the
-    initialisation. ``timestep_sampler``: p_t for discrete objectives, "uniform" or
+    initialisation. ``cond_dropout``: for a class-conditional network, each example's label is
+    replaced by the null class with this probability (keyed by (seed, step, example), stream
+    ``COND``), which trains the unconditional model classifier-free guidance needs (Ho & Salimans
+    2021 used 0.1-0.2). ``timestep_sampler``: p_t for discrete objectives, "uniform" or
     "loss-second-moment" (Improved DDPM's importance sampling for L_vlb).
     ``checkpoint_every`` steps (None: at the end only), the last ``keep`` kept; metrics every
     ``log_every`` steps.
@@ -241,6 +245,7 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     ema_decay: float | None = 0.9999
     ema_warmup: bool = False
+    cond_dropout: float = 0.0
     timestep_sampler: str = "uniform"
     checkpoint_every: int | None = None
     keep: int = 3
@@ -266,6 +271,9 @@ class TrainConfig:
             if not 0.0 <= d < 1.0:
                 raise ValueError(f"ema_decay must lie in [0, 1) (or be None: no EMA); got {self.ema_decay!r}")
         check_bool(self.ema_warmup, "ema_warmup")
+        p = check_real(self.cond_dropout, "cond_dropout")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1); got {self.cond_dropout!r}")
         check_choice(self.timestep_sampler, TIMESTEP_SAMPLERS, "timestep_sampler")
         if self.checkpoint_every is not None:
             check_int(self.checkpoint_every, "checkpoint_every", 1)
@@ -462,6 +470,10 @@ def train(
     micro = config.micro_batches
     mb = B // micro
     ids = [xp.asarray(np.arange(i * mb, (i + 1) * mb, dtype=np.int64), device=device) for i in range(micro)]
+    all_ids = xp.asarray(np.arange(B, dtype=np.int64), device=device)
+    null_class = getattr(network_config, "null_class", None)
+    if config.cond_dropout > 0 and (cond_data is None or null_class is None):
+        raise ValueError("cond_dropout needs a class-conditional network (num_class_embeds set) and labelled data")
     dtype = xp.float32
     stream_key = bk.fold_in(bk.key(config.seed), TRAIN_STREAM)  # step_key's first two folds, once
 
@@ -489,6 +501,9 @@ def train(
                 x0 = xp.asarray(dataset.data[idx], dtype=dtype, device=device)
                 cond = None if cond_data is None else xp.asarray(cond_data[idx], device=device)
                 key = bk.fold_in(stream_key, step)  # = step_key(bk, config.seed, step)
+                if config.cond_dropout > 0:  # the null class for a keyed fraction of the examples
+                    u = bk.uniform(bk.fold_in(key, COND), (B, 1), dtype, sample_ids=all_ids, device=device)[:, 0]
+                    cond = xp.where(u < config.cond_dropout, xp.asarray(null_class, dtype=cond.dtype, device=device), cond)
                 t_probs = None
                 if sampler is not None:
                     w = np.asarray(sampler.weights(), dtype=np.float64)

@@ -146,3 +146,15 @@ def test_import_a_diffusers_unet_and_sample_it(tmp_path):
 def test_info_lists_versions_and_backends():
     out = diffcore("info")
     assert "numpy" in out.stdout and "backend torch" in out.stdout
+
+
+def test_class_conditional_digits_with_guidance(tmp_path):
+    run = tmp_path / "cond"
+    diffcore("train", "--run", run, "--network.class_conditional", "true", "--network.channels", "8,16",
+             "--network.norm_groups", 4, "--network.attention", "false", "--steps", 4, "--quiet")
+    assert json.loads((run / "config.json").read_text())["train"]["cond_dropout"] == 0.1
+    out = diffcore("sample", "--run", run, "--guidance", 2, "--steps", 4, "--n", 10)
+    row = json.loads((run / "summary.json").read_text())["samples"]["samples-ddim"]
+    assert row["NFE"] == 8 and "coverage" in row  # two network calls a step
+    out = diffcore("sample", "--run", run, "--label", 3, "--steps", 2, "--n", 4, "--inpaint", "left")
+    assert out.returncode == 0

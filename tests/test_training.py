@@ -187,6 +187,37 @@ def test_loop_feeds_the_importance_sampler_history():
     assert len(trainer.calls) == 30
 
 
+def test_labels_drop_to_the_null_class_keyed_per_example():
+    class Conditional(_Config):
+        num_class_embeds = 11  # ten classes and the null class
+        null_class = 10
+
+    class Net:
+        config = Conditional()
+
+    class Recorder(StandInTrainer):
+        network = Net()
+
+        def step(self, objective, batches, **kw):
+            self.calls.append(np.concatenate([b.cond for b in batches]))
+            return StepOut(np.zeros(len(self.calls[-1])), np.zeros(len(self.calls[-1])), None, 1.0, True)
+
+    data = Dataset(data=np.zeros((500, 2)), levels=None, shape=(2,), name="labelled", labels=np.arange(500) % 10)
+    runs = []
+    for micro in (None, 25):
+        trainer = Recorder()
+        train(trainer, OBJECTIVES["dsm"](), data, TrainConfig(steps=8, batch_size=100, micro_batch_size=micro, cond_dropout=0.2))
+        runs.append(np.stack(trainer.calls))
+    np.testing.assert_array_equal(runs[0], runs[1])  # keyed by (seed, step, example): the split does not matter
+    dropped = runs[0] == 10
+    assert 0.12 < dropped.mean() < 0.28
+    kept = ~dropped
+    expected = np.stack([data.labels[batch_indices(500, 100, 0, s * 100)] for s in range(8)])
+    np.testing.assert_array_equal(runs[0][kept], expected[kept])
+    with pytest.raises(ValueError, match="cond_dropout needs a class-conditional network"):
+        train(StandInTrainer(), OBJECTIVES["dsm"](), data, TrainConfig(steps=1, batch_size=10, cond_dropout=0.1))
+
+
 def test_batch_larger_than_the_data_is_an_error():
     with pytest.raises(ValueError, match="batch_size = 64 is larger than the data"):
         train(StandInTrainer(), OBJECTIVES["dsm"](), _toy_data(20), TrainConfig(steps=1, batch_size=64))
