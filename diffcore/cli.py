@@ -715,9 +715,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> dict:
     demo_defaults = {
         "data": {"name": "digits"},
         "model": {"family": "vp"},
-        "train": {"steps": 100000, "time_budget": 60.0, "batch_size": 64, "ema_decay": 0.995, "log_every": 20},
+        "train": {"steps": 100000, "time_budget": 55.0, "batch_size": 64, "ema_decay": 0.995, "log_every": 20},
         "optimizer": {"lr": 2e-3},
-        "sample": {"n": 100},
+        "sample": {"n": 64},
         "nll": {"examples": 32, "rtol": 1e-3, "atol": 1e-3},
     }
     layers = _config_layers(args, "demo")
