@@ -10,6 +10,7 @@ short forms (``--steps``, ``--data``, ``--model``...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -309,31 +310,6 @@ def _device(bk: Any, config: Mapping[str, Any]) -> Any:
     return bk.device(config["device"] or None)
 
 
-def make_network(backend_name: str, net_config: Any, seed: int, weights: Mapping[str, np.ndarray] | None = None, device: Any = None) -> Any:
-    """The backend's network for ``net_config``, initialised from ``seed`` (or loaded with ``weights``)."""
-    from .networks import UNetConfig
-
-    if backend_name == "torch":
-        import torch
-        from diffcore_torch import networks as tn
-
-        cls = tn.UNet2D if isinstance(net_config, UNetConfig) else tn.MLP
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = cls(net_config)
-        if weights is not None:
-            tn.load_numpy_weights(net, weights)
-        return net.to(device) if device is not None else net
-    from flax import nnx
-    from diffcore_jax import networks as jn
-
-    cls = jn.UNet2D if isinstance(net_config, UNetConfig) else jn.MLP
-    net = cls(net_config, rngs=nnx.Rngs(seed))
-    if weights is not None:
-        jn.load_numpy_weights(net, weights)
-    return net
-
-
 # ------------------------------------------------------------------------------ train
 def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None) -> dict:
     from . import checkpoints
@@ -356,7 +332,7 @@ def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None
         raise UsageError(str(e)) from None
     bk = _make_backend(config)
     device = _device(bk, config)
-    net = make_network(config["backend"], net_config, config["seed"], device=device)
+    net = bk.network(net_config, seed=config["seed"], device=device)
     trainer = bk.trainer(net, ocfg)
     _write_json(run.path / "config.json", config)
     resumed = checkpoints.latest_checkpoint(run.path)
@@ -418,7 +394,7 @@ def _load_model(run: Run, *, ema: bool = True) -> tuple[Any, Any, Any]:
     ckpt = checkpoints.load_checkpoint(ckpt_path)
     bk = _make_backend(run.config)
     weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.params
-    net = make_network(run.config["backend"], ckpt.network_config, run.config["seed"], weights, device=_device(bk, run.config))
+    net = bk.network(ckpt.network_config, seed=run.config["seed"], weights=weights, device=_device(bk, run.config))
     if run.config["backend"] == "torch":
         net.eval()
     return bk, net, ckpt
@@ -483,9 +459,8 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
             bar.n = i
             bar.refresh()
 
-    ctx = _no_grad(run.config["backend"])
     try:
-        with ctx:
+        with bk.inference():
             out = sample(name, net, process, shape, backend=bk, seed=seed, mask=mask, known=known, cond=cond,
                          progress=progress, device=_device(bk, run.config), **opts)
     except TypeError as e:
@@ -494,22 +469,6 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
         if bar is not None:
             bar.close()
     return _to_numpy(out.x), int(out.nfe), time.perf_counter() - t0
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _no_grad(backend_name: str) -> Any:
-    if backend_name == "torch":
-        import torch
-
-        return torch.no_grad()
-    return _NullContext()
 
 
 def _picture(run: Run, samples: np.ndarray, stem: str) -> str:
@@ -585,7 +544,7 @@ def _score_picture(run: Run, bk: Any, net: Any) -> str:
             tt = tt.astype(np.int64)
         a, s = (np.asarray(f(tt), dtype=np.float64).reshape(-1, 1) for f in (process.alpha, process.sigma))
         t_in = np.asarray(process.model_time(tt), dtype=np.float32)
-        with _no_grad(run.config["backend"]):
+        with bk.inference():
             out = _to_numpy(net(xp.asarray(points.astype(np.float32)), xp.asarray(t_in)))[:, :2]
         return np.asarray(to_score(out, prediction, points, a, s))
 
@@ -640,7 +599,7 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None) 
     xb = xp.asarray(x.astype(np.float32))
     method = c["method"]
     t0 = time.perf_counter()
-    with _no_grad(run.config["backend"]) if method == "vlb" else _NullContext():
+    with bk.inference() if method == "vlb" else contextlib.nullcontext():  # the ODE's trace differentiates
         if method == "vlb":
             if not getattr(process, "discrete", False):
                 raise UsageError(f"nll.method 'vlb' needs a discrete family (ddpm, iddpm); this run is {run.config['model']['family']!r}")

@@ -12,7 +12,6 @@ import pytest
 
 import diffcore
 from diffcore import run as recipes
-from diffcore.cli import make_network
 from diffcore.data import load_dataset
 from diffcore.samplers import sample
 from diffcore.training import OptimizerConfig, TrainConfig, train
@@ -76,7 +75,7 @@ def test_mlp_learns_the_mixture(case, backend_name, torch_one_thread):
     family, loss, sampler, options, steps = CASES[case]
     cfg, ds, process, net_config = _setup(case, backend_name)
     bk = diffcore.backend(backend_name)
-    net = make_network(backend_name, net_config, seed=0)
+    net = diffcore.backend(backend_name).network(net_config, seed=0)
     before = _score_error(cfg, process, ds, net, bk) if family != "ncsn" else None
     trainer = bk.trainer(net, OptimizerConfig(lr=1e-3))
     objective = recipes.build_objective(cfg, process)
@@ -106,7 +105,7 @@ def test_small_unet_on_the_digits_loss_falls_and_samples_are_saved(tmp_path, tor
     ds = load_dataset("digits")
     process = recipes.build_process(cfg, ds.shape)
     bk = diffcore.backend("torch")
-    trainer = bk.trainer(make_network("torch", recipes.build_network_config(cfg, ds.shape, process), seed=0),
+    trainer = bk.trainer(bk.network(recipes.build_network_config(cfg, ds.shape, process), seed=0),
                          OptimizerConfig(lr=2e-3))
     result = train(trainer, recipes.build_objective(cfg, process), ds,
                    TrainConfig(steps=60, batch_size=32, ema_decay=0.9), tmp_path / "run")

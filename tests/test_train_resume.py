@@ -97,10 +97,8 @@ def _net_config(dropout: float = 0.1, hidden: int = 32) -> MLPConfig:
 
 
 def _trainer(backend_name: str, net_config: MLPConfig, seed: int = 0, opt: OptimizerConfig = OPT):
-    from diffcore.cli import make_network
-
     bk = diffcore.backend(backend_name)
-    net = make_network(backend_name, net_config, seed=seed)
+    net = bk.network(net_config, seed=seed)
     if backend_name == "jax":
         return bk.trainer(net, opt, compiler_options=FAST_XLA)
     return bk.trainer(net, opt)

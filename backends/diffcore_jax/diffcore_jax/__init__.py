@@ -7,6 +7,8 @@ Registered in the ``diffcore.backends`` entry-point group as ``jax``; get it wit
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import sys
 import threading
@@ -292,6 +294,26 @@ class JaxBackend:
         from .training import JaxTrainer
 
         return JaxTrainer(self, network, optimizer, ema=ema, compiler_options=compiler_options)
+
+    def network(self, config: Any, *, seed: int = 0, weights: Any = None, device: Any = None) -> Any:
+        """The diffcore nnx network for a ``UNetConfig`` / ``MLPConfig``: initialised from ``seed``,
+        or loaded with NumPy ``weights`` in the network's layout; its state on ``device``."""
+        from flax import nnx
+
+        from diffcore.networks import UNetConfig
+
+        from .networks import MLP, UNet2D, load_numpy_weights
+
+        net = (UNet2D if isinstance(config, UNetConfig) else MLP)(config, rngs=nnx.Rngs(check_seed(seed)))
+        if weights is not None:
+            load_numpy_weights(net, weights)
+        if device is not None:
+            nnx.update(net, jax.device_put(nnx.state(net), self.device(device)))
+        return net
+
+    def inference(self) -> Any:
+        """A context for evaluating a network: nothing to switch off (JAX records no gradients)."""
+        return contextlib.nullcontext()
 
     # autodiff -------------------------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:

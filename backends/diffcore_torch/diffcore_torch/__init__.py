@@ -277,6 +277,25 @@ class TorchBackend:
 
         return TorchTrainer(self, network, optimizer, ema=ema)
 
+    def network(self, config: Any, *, seed: int = 0, weights: Any = None, device: Any = None) -> Any:
+        """The diffcore torch network for a ``UNetConfig`` / ``MLPConfig``: initialised by torch's
+        default initialisers from ``seed`` (the global generator is left as it was), or loaded with
+        NumPy ``weights`` in the network's layout; on ``device``."""
+        from diffcore.networks import UNetConfig
+
+        from .networks import MLP, UNet2D, load_numpy_weights
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(check_seed(seed))
+            net = (UNet2D if isinstance(config, UNetConfig) else MLP)(config)
+        if weights is not None:
+            load_numpy_weights(net, weights)
+        return net.to(self.device(device)) if device is not None else net
+
+    def inference(self) -> Any:
+        """A context for evaluating a network without recording gradients (``torch.no_grad``)."""
+        return torch.no_grad()
+
     # loop drivers ---------------------------------------------------------------------------
     def loop(
         self, step, state, plan, *, key=None, noise_shape=None, sample_ids=None, progress=None, compile=None,
