@@ -579,13 +579,13 @@ def _inpaint_inputs(run: Run, where: str, n: int, bk: Any) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------ nll
-def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None) -> dict:
+def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, loaded: tuple | None = None) -> dict:
     from .data import bits_per_dim_offset, dequantize
     from .likelihood import ode_likelihood, vlb_bpd
 
     run = run or _open_run(args, "nll", create=False)
     c = run.config["nll"]
-    bk, net, ckpt = _load_model(run, ema=run.config["sample"]["ema"])
+    bk, net, ckpt = loaded or _load_model(run, ema=run.config["sample"]["ema"])
     ds = run.dataset()
     ref = ds.held_out if ds.held_out is not None else ds
     x = ref.data[: c["examples"]]
@@ -694,7 +694,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> dict:
         x, nfe, seconds = draw_samples(run, bk, net, name, opts, config["sample"]["n"], seed=config["seed"], console=console)
         stem = f"samples-{name}-{nfe}"
         rows.append({"sampler": name, "NFE": nfe, "seconds": seconds, **_quality(run, x), "picture": _picture(run, x, stem)})
-    nll_row = cmd_nll(args, console, run)
+    nll_row = cmd_nll(args, console, run, loaded=(bk, net, ckpt))  # the EMA model already loaded
     summary = {"samples": rows, "nll": nll_row, "seconds": time.perf_counter() - t_start}
     _write_json(path / "demo.json", summary)
     console.table("demo: samples of the digits", rows)
