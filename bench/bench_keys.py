@@ -1,12 +1,13 @@
-"""Per-draw cost of the torch backend's CPU draws: Philox keyed by 64 bits vs torch.Generator reseeding.
+"""Per-draw cost of the torch backend's CPU draws: mt19937 keyed by 64 bits vs torch.Generator reseeding.
 
     .venv/bin/python bench/bench_keys.py [--reps 5]
 
-"new": ``TorchBackend().normal / uniform(key, shape, float32)`` (NumPy's Philox reset to the key,
-drawn in float32, wrapped with ``torch.from_numpy``). "old": a kept ``torch.Generator`` with
-``manual_seed(state)`` then ``torch.randn / torch.rand`` (what the backend did before; mt19937
-keeps 32 bits of the seed). Best of ``--reps`` repeats of a timed loop, process CPU time, one
-torch thread (pinned and printed). The ratio is new / old (above 1: the new path costs more).
+"keyed": ``TorchBackend().normal / uniform(key, shape, float32)`` (torch's CPU generator, its
+mt19937 state filled from Philox keyed by all 64 bits of the key, then torch's own fill, with the
+backend's checks). "manual_seed": a kept ``torch.Generator`` with ``manual_seed(state)`` then
+``torch.randn / torch.rand`` (mt19937 seeded from 32 bits: cheaper, but keys s and s + 2**32 draw
+alike). Best of ``--reps`` repeats of a timed loop, process CPU time, one
+torch thread (pinned and printed). The ratio is keyed / manual_seed (above 1: the keyed path costs more).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     gen = torch.Generator()
     print(f"torch {torch.__version__}, torch threads = {torch.get_num_threads()}, float32, CPU")
     print()
-    print("| shape | draw | new (Philox) us | old (torch.Generator) us | new / old |")
+    print("| shape | draw | keyed us | manual_seed us | keyed / manual_seed |")
     print("|---|---|---:|---:|---:|")
     for shape in SHAPES:
         for name, new, old in (

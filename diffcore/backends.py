@@ -41,6 +41,7 @@ __all__ = [
     "per_sample_rows",
     "check_backend_array",
     "mix64",
+    "mix64_many",
 ]
 
 ENTRY_POINT_GROUP = "diffcore.backends"

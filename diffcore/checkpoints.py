@@ -61,6 +61,7 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "step_dir",
     "versions",
 ]
 
@@ -298,6 +299,11 @@ def _step_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def step_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """The folder of step ``step``'s checkpoint in ``run_dir`` (whether it exists or not)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{check_int(step, 'step', 0):09d}"
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The complete checkpoints of ``run_dir`` (``checkpoints/step_<9 digits>/`` folders holding a
     config.json), oldest step first. Work folders (``.tmp-*``, ``.old-*``, ``.del-*``) are not listed."""
@@ -412,7 +418,7 @@ def save_checkpoint(
     folder = Path(run_dir) / CHECKPOINTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     _clean_work_dirs(folder)
-    final = folder / f"step_{step:09d}"
+    final = step_dir(run_dir, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=folder))
     try:
         net.write(tmp / net.dirs[0], network_config, params)

@@ -18,6 +18,14 @@ A backend supplies a :class:`Trainer` (``backend.trainer(network, optimizer)``):
 optimizer state, one optimisation step (forward, backward over the micro-batches, clipping by the
 global norm, the framework's AdamW, the EMA), and the state as NumPy arrays in the portable layout
 (weights in the network's layout, :func:`diffcore.networks.layout`).
+
+Several processes (torchrun / DDP, ``jax.distributed``): a trainer with a ``world``
+(:class:`diffcore.distributed.World`) of ``size`` ranks gets, on each rank, the rank's block of the
+global batch (examples ``rank * B / size`` onwards, their ids still global), reduces the gradient
+over ranks in its framework's engine, and reports its own examples' losses; the loop gathers them
+(the importance sampler's history is the same on every rank), agrees on stopping, and lets rank 0
+alone write checkpoints and metrics. Since every draw is keyed by the global example, a run on
+any number of ranks computes the same step, and resumes on another number of ranks.
 """
 
 from __future__ import annotations
@@ -168,6 +176,9 @@ class Trainer(Protocol):
     backend: Any
     network: Any
     optimizer: OptimizerConfig
+    #: optional: the processes of a distributed run (:class:`diffcore.distributed.World`); absent or
+    #: None for one process
+    world: Any
 
     def step(
         self,
@@ -179,12 +190,16 @@ class Trainer(Protocol):
         clip_norm: float | None,
         ema_decay: float | None,
     ) -> StepOut:
-        """One optimisation step over ``batches`` (the micro-batches of one global batch).
+        """One optimisation step over ``batches`` (the micro-batches of this rank's part of one
+        global batch of ``global_batch`` examples; all of it with one process).
 
-        The gradient is that of ``sum_b loss_b / global_batch`` over all micro-batches; clipped to
+        The gradient is that of ``sum_b loss_b / global_batch`` over the whole global batch (with
+        several ranks: each rank's part reduced over ranks by the framework's engine, e.g. DDP); clipped to
         ``clip_norm`` by its global norm (``g * min(1, clip_norm / (norm + 1e-6))``); then AdamW at
         learning rate ``lr``; then, with ``ema_decay``, ``ema <- decay * ema + (1 - decay) * params``.
         If the loss or the gradient norm is not finite, nothing is changed and ``applied`` is False.
+        ``StepOut``'s per-example values are this rank's examples; ``grad_norm`` and ``applied`` are
+        the global step's (the same on every rank).
         """
         ...
 
@@ -431,12 +446,24 @@ def train(
 
     from .data import batch_indices
 
+    from .distributed import world_of
+
     bk = trainer.backend
     xp = bk.xp
+    world = world_of(trainer)
     N = len(dataset)
     B = config.batch_size
     if B > N:
         raise ValueError(f"batch_size = {B} is larger than the data ({N} examples in {dataset.name!r}); it must be in 1..{N}")
+    if B % world.size:
+        raise ValueError(f"batch_size = {B} must be a multiple of the number of processes ({world.size})")
+    B_rank = B // world.size  # this rank's examples: global positions first .. first + B_rank - 1
+    first = world.rank * B_rank
+    if B_rank % config.micro_batches:
+        raise ValueError(
+            f"micro_batch_size = {config.micro_batch_size} must divide each rank's share of the batch "
+            f"({B} / {world.size} processes = {B_rank})"
+        )
     network_config = trainer.network.config
     cond_data = dataset.labels if getattr(network_config, "num_class_embeds", None) is not None else None
     if getattr(network_config, "num_class_embeds", None) is not None and cond_data is None:
@@ -451,11 +478,14 @@ def train(
     }
     start = 0
     run_path = None if run_dir is None else Path(run_dir)
+    writer = world.rank == 0  # rank 0 alone writes checkpoints and metrics
     last_ckpt = None
     if run_path is not None:
         from . import checkpoints
 
-        run_path.mkdir(parents=True, exist_ok=True)
+        if writer:
+            run_path.mkdir(parents=True, exist_ok=True)
+        world.barrier()  # the run directory exists before any rank reads it (a shared file system)
         last_ckpt = checkpoints.latest_checkpoint(run_path)
         if last_ckpt is not None:
             ckpt = checkpoints.load_checkpoint(last_ckpt, expect_network=network_config)
@@ -464,13 +494,14 @@ def train(
             start = int(ckpt.state["step"])
             if sampler is not None and ckpt.history is not None and hasattr(sampler, "load_state_dict"):
                 sampler.load_state_dict(dict(ckpt.history))
-        _rewrite_metrics(run_path / "metrics.jsonl", start)
+        if writer:
+            _rewrite_metrics(run_path / "metrics.jsonl", start)
 
     device = getattr(trainer, "device", None)
     micro = config.micro_batches
-    mb = B // micro
-    ids = [xp.asarray(np.arange(i * mb, (i + 1) * mb, dtype=np.int64), device=device) for i in range(micro)]
-    all_ids = xp.asarray(np.arange(B, dtype=np.int64), device=device)
+    mb = B_rank // micro
+    ids = [xp.asarray(np.arange(first + i * mb, first + (i + 1) * mb, dtype=np.int64), device=device) for i in range(micro)]
+    rank_ids = xp.asarray(np.arange(first, first + B_rank, dtype=np.int64), device=device)
     null_class = getattr(network_config, "null_class", None)
     if config.cond_dropout > 0 and (cond_data is None or null_class is None):
         raise ValueError("cond_dropout needs a class-conditional network (num_class_embeds set) and labelled data")
@@ -480,29 +511,34 @@ def train(
     def save(step: int) -> Any:
         if run_path is None:
             return None
-        arrays = trainer.state_arrays()
-        history = sampler.state_dict() if sampler is not None and hasattr(sampler, "state_dict") else None
-        return checkpoints.save_checkpoint(
-            run_path, step, config=stored, network_config=network_config, params=arrays["params"],
-            ema=arrays["ema"], optimizer=arrays["optimizer"], optimizer_meta={"backend": bk.name},
-            state={"step": step, "examples": step * B}, history=history, keep=config.keep,
-        )
+        arrays = trainer.state_arrays()  # on every rank: a framework may gather state collectively
+        path = None
+        if writer:
+            history = sampler.state_dict() if sampler is not None and hasattr(sampler, "state_dict") else None
+            path = checkpoints.save_checkpoint(
+                run_path, step, config=stored, network_config=network_config, params=arrays["params"],
+                ema=arrays["ema"], optimizer=arrays["optimizer"], optimizer_meta={"backend": bk.name},
+                state={"step": step, "examples": step * B, "processes": world.size}, history=history,
+                keep=config.keep,
+            )
+        world.barrier()  # nobody goes on (or ends) before the checkpoint is complete
+        return path if writer else checkpoints.step_dir(run_path, step)
 
     losses: list[float] = []
     window: list[tuple[float, float]] = []
     end = config.steps if stop_after is None else min(config.steps, start + int(stop_after))
     interrupted = False
-    metrics_file = None if run_path is None else open(run_path / "metrics.jsonl", "a")
+    metrics_file = None if run_path is None or not writer else open(run_path / "metrics.jsonl", "a")
     t_window = time.perf_counter()
     try:
         with _Interrupt() as interrupt:
             for step in range(start, end):
-                idx = batch_indices(N, B, config.seed, step * B)
+                idx = batch_indices(N, B, config.seed, step * B)[first : first + B_rank]
                 x0 = xp.asarray(dataset.data[idx], dtype=dtype, device=device)
                 cond = None if cond_data is None else xp.asarray(cond_data[idx], device=device)
                 key = bk.fold_in(stream_key, step)  # = step_key(bk, config.seed, step)
                 if config.cond_dropout > 0:  # the null class for a keyed fraction of the examples
-                    u = bk.uniform(bk.fold_in(key, COND), (B, 1), dtype, sample_ids=all_ids, device=device)[:, 0]
+                    u = bk.uniform(bk.fold_in(key, COND), (B_rank, 1), dtype, sample_ids=rank_ids, device=device)[:, 0]
                     cond = xp.where(u < config.cond_dropout, xp.asarray(null_class, dtype=cond.dtype, device=device), cond)
                 t_probs = None
                 if sampler is not None:
@@ -527,6 +563,11 @@ def train(
                     raise NonFiniteError(
                         f"training stopped at step {step}: {err}; the step was not applied{where}"
                     ) from err
+                if world.size > 1:  # every rank's examples, in global-batch order
+                    out = out._replace(
+                        loss=world.all_gather(np.asarray(out.loss)), raw=world.all_gather(np.asarray(out.raw)),
+                        t=None if out.t is None else world.all_gather(np.asarray(out.t)),
+                    )
                 loss = float(np.mean(out.loss))
                 if not out.applied:
                     raise NonFiniteError(
@@ -558,11 +599,17 @@ def train(
                     progress(done, config.steps, info)
                 if config.checkpoint_every is not None and done % config.checkpoint_every == 0 and done < end:
                     last_ckpt = save(done)
-                if interrupt.requested:
+                asked = interrupt.requested
+                if world.size > 1:  # all ranks stop after the same step
+                    asked = world.any(asked)
+                if asked:
                     interrupted = True
                     end = done
                     break
-                if stop is not None and stop():
+                timed_out = stop is not None and stop()
+                if world.size > 1:
+                    timed_out = world.any(timed_out)
+                if timed_out:
                     end = done
                     break
             if end > start or last_ckpt is None:

@@ -1,5 +1,5 @@
-"""PyTorch backend for diffcore: counter-based random numbers (NumPy's Philox keyed by the full
-64-bit key on CPU, torch's device generator on CUDA), an eager loop driver (the step
+"""PyTorch backend for diffcore: keyed random numbers (torch's CPU generator with its state
+derived from the full 64-bit key on CPU, torch's device generator on CUDA), an eager loop driver (the step
 optionally compiled with ``torch.compile``), ``torch.func`` autodiff, CPU / CUDA / MPS devices.
 
 Registered in the ``diffcore.backends`` entry-point group as ``torch``; get it with
@@ -34,8 +34,8 @@ __all__ = ["TorchBackend", "TorchKey"]
 
 
 class TorchKey(NamedTuple):
-    """A counter-based key: a 64-bit state. A CPU draw is Philox-4x64 (Salmon et al. 2011, NumPy's
-    ``np.random.Philox``) keyed by the whole state; a CUDA draw seeds torch's device generator.
+    """A key: a 64-bit state. A CPU draw runs torch's mt19937 from a state derived from all 64 bits
+    (through Philox-4x64, Salmon et al. 2011); a CUDA draw seeds torch's device generator.
 
     ``fold_in`` mixes integers into the state (splitmix64), so keys are values: drawing from a
     key never changes it, and the draws of step i do not depend on the draws before it.
@@ -85,20 +85,48 @@ def _generator(device: torch.device) -> torch.Generator:
     return gen
 
 
-class _Philox:
-    """NumPy's Philox-4x64 bit generator, reset per draw to key ``(state, 0)`` and counter 0.
+# CPU draws: torch's own generator (mt19937, with its vectorised normal and uniform fills), its
+# 624-word state filled from the key's 64 bits. ``manual_seed`` would keep only 32 bits (keys s and
+# s + 2**32 would draw alike), and NumPy's Philox + ziggurat, tried before, cost 2.4x torch's randn
+# on image-sized draws (docs/performance.md). The state words are the first 624 32-bit outputs of
+# Philox-4x64 keyed by the key (Salmon et al. 2011: key (state, 0), counter 0; a hash of the whole
+# key, as NumPy seeds its mt19937 from a SeedSequence), written into a kept serialized state and
+# loaded with ``set_state``: about 10 us a draw (splitmix64 over 624 words in NumPy: 16-18 us).
+_MT_N = 624
+_MT_OFFSET = 24  # bytes before the state words (uint64 each) in torch's serialized CPU generator state
 
-    The same numbers as ``np.random.Generator(np.random.Philox(key=state))``. Resetting a kept
-    generator through its ``state`` setter costs a few us; building a fresh Philox about 40 us.
-    """
 
-    __slots__ = ("bits", "gen", "_key", "_state")
+def _mt_layout_ok(state: torch.Tensor) -> bool:
+    """Whether ``state`` (of ``manual_seed(5489)``) has mt19937's words as uint64 at _MT_OFFSET:
+    word 0 is the seed, word 1 is 1812433253 * (w0 ^ (w0 >> 30)) + 1 mod 2**32 (Matsumoto and
+    Nishimura 1998's initialisation)."""
+    raw = state.numpy()
+    if raw.size < _MT_OFFSET + 8 * _MT_N:
+        return False
+    words = raw[_MT_OFFSET : _MT_OFFSET + 16].view(np.uint64)
+    return words.tolist() == [5489, (1812433253 * (5489 ^ (5489 >> 30)) + 1) & 0xFFFFFFFF]
+
+
+class _KeyedMT:
+    """torch's CPU generator, reset per draw to the state of a 64-bit key (one per thread). The
+    Philox bit generator that hashes the key is kept too and reset through its ``state`` setter
+    (building a fresh one costs about 40 us)."""
+
+    __slots__ = ("gen", "state", "words", "bits", "_key", "_philox_state")
 
     def __init__(self) -> None:
+        self.gen = torch.Generator()
+        self.gen.manual_seed(5489)  # left = 1, no cached normal: the next draw starts a fresh twist
+        self.state = self.gen.get_state()
+        if not _mt_layout_ok(self.state):
+            raise RuntimeError(
+                f"torch {torch.__version__}: the CPU generator's serialized state has an unknown layout, so the "
+                "torch backend cannot key its CPU draws by 64 bits; please report it with your torch version"
+            )
+        self.words = self.state.numpy()[_MT_OFFSET : _MT_OFFSET + 8 * _MT_N].view(np.uint64)
         self.bits = np.random.Philox(0)
-        self.gen = np.random.Generator(self.bits)
         self._key = np.zeros(2, dtype=np.uint64)
-        self._state = {
+        self._philox_state = {
             "bit_generator": "Philox",
             "state": {"counter": np.zeros(4, dtype=np.uint64), "key": self._key},
             "buffer": np.zeros(4, dtype=np.uint64),
@@ -107,41 +135,31 @@ class _Philox:
             "uinteger": 0,
         }
 
-    def reset(self, state: int) -> np.random.Generator:
+    def reset(self, state: int) -> torch.Generator:
         self._key[0] = state  # the setter copies: the dict is reused, never aliased
-        self.bits.state = self._state
+        self.bits.state = self._philox_state
+        self.words[:] = self.bits.random_raw(_MT_N // 2).view(np.uint32)
+        self.gen.set_state(self.state)
         return self.gen
 
 
-_PHILOX = threading.local()
+_KEYED_MT = threading.local()
 
 
-def _philox() -> _Philox:
-    ph = getattr(_PHILOX, "gen", None)
-    if ph is None:
-        ph = _PHILOX.gen = _Philox()
-    return ph
+def _keyed_mt() -> _KeyedMT:
+    mt = getattr(_KEYED_MT, "gen", None)
+    if mt is None:
+        mt = _KEYED_MT.gen = _KeyedMT()
+    return mt
 
 
-# NumPy dtype a CPU draw is made in: float32 / float64 themselves, narrower floats via float32.
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _np_normal(gen: np.random.Generator, out: np.ndarray) -> None:
-    gen.standard_normal(dtype=out.dtype, out=out)
-
-
-def _np_uniform(gen: np.random.Generator, out: np.ndarray) -> None:
-    gen.random(dtype=out.dtype, out=out)  # (bits >> 8) * 2**-24 (float32), (bits >> 11) * 2**-53: < 1
-
-
-def _np_rademacher(gen: np.random.Generator, out: np.ndarray) -> None:
-    bits = gen.integers(0, 2, size=out.shape, dtype=np.int8)
-    np.multiply(bits, 2, out=out)
-    out -= 1
-
-
-_NP_FILLS = {"normal": _np_normal, "uniform": _np_uniform, "rademacher": _np_rademacher}
+def _mt_fill(method: str, gen: torch.Generator, out: torch.Tensor) -> None:
+    if method == "normal":
+        out.normal_(generator=gen)
+    elif method == "uniform":
+        out.uniform_(generator=gen)  # [0, 1)
+    else:
+        out.random_(0, 2, generator=gen).mul_(2).sub_(1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,24 +169,23 @@ def _below_one(dtype: torch.dtype) -> float:
 
 
 def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, sample_ids: Any) -> torch.Tensor:
-    """A CPU draw from Philox keyed by the key's 64 bits; with ``sample_ids``, row b keyed by
-    ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer)."""
-    fill = _NP_FILLS[method]
-    ph = _philox()
-    out = np.empty(shape, dtype=_NP_DTYPES.get(dtype, np.float32))
+    """A CPU draw from mt19937 keyed by the key's 64 bits; with ``sample_ids``, row b keyed by
+    ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer). bfloat16 / float16
+    are drawn in float32 and rounded (uniforms kept below 1)."""
+    mt = _keyed_mt()
+    out = torch.empty(shape, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32)
     if sample_ids is None:
-        fill(ph.reset(key.state), out)
+        _mt_fill(method, mt.reset(key.state), out)
     else:
         ids = sample_ids.cpu().numpy() if isinstance(sample_ids, torch.Tensor) else np.asarray(sample_ids)
-        rows = out.reshape(len(ids), -1)  # row b as a flat view (also for shape (B,))
+        rows = out.view(len(ids), -1)  # row b as a flat view (also for shape (B,))
         for b, state in enumerate(mix64_many(key.state, ids)):
-            fill(ph.reset(state), rows[b])
-    t = torch.from_numpy(out)
-    if t.dtype != dtype:
-        t = t.to(dtype)
+            _mt_fill(method, mt.reset(state), rows[b])
+    if out.dtype != dtype:
+        out = out.to(dtype)
         if method == "uniform":  # float32 values just below 1 may round up to 1 in bf16 / fp16
-            t = t.clamp_(max=_below_one(dtype))
-    return t
+            out = out.clamp_(max=_below_one(dtype))
+    return out
 
 
 _CPU = torch.device("cpu")
@@ -201,10 +218,10 @@ def _quiet_jvp_setup() -> None:
 class TorchBackend:
     """The PyTorch backend.
 
-    Random numbers: keys are :class:`TorchKey` values (64 bits). On CPU a draw is NumPy's Philox
-    (counter-based) keyed by the whole 64-bit state, made in the target precision (float32 or
-    float64; bfloat16 / float16 drawn in float32 and cast, uniforms kept below 1) and wrapped with
-    ``torch.from_numpy``; row b of a ``sample_ids`` draw is the draw of ``fold_in(key, sample_ids[b])``.
+    Random numbers: keys are :class:`TorchKey` values (64 bits). On CPU a draw is torch's own
+    (mt19937) fill from a generator state derived from the whole 64-bit key -- its 624 words are
+    the first outputs of NumPy's Philox-4x64 keyed by the key -- made in the target precision
+    (float32 or float64; bfloat16 / float16 drawn in float32 and cast, uniforms kept below 1); row b of a ``sample_ids`` draw is the draw of ``fold_in(key, sample_ids[b])``.
     On CUDA (and other accelerators) a draw seeds torch's generator on that device (CUDA's is
     Philox and takes all 64 bits of the seed), so the same key gives different numbers on CPU and
     CUDA. Draws go to ``device`` (default: torch's default device); loops draw each step's noise on
