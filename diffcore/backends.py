@@ -495,7 +495,19 @@ def python_loop(
         sample_ids = tuple(int(i) for i in (sample_ids.tolist() if hasattr(sample_ids, "tolist") else sample_ids))
     run = step_fn or step
     dtype, device = _state_dtype(state), _state_device(state)
-    normal, fold_in = bk.normal, bk.fold_in  # looked up once, not at every step
+    noise_at = None
+    if noise_shape is not None:
+        # a backend may offer the loop's draws prepared once (shape, dtype, device checked once):
+        # ``step_noise(key, shape, dtype, device=, sample_ids=)(i)`` must equal the generic draw
+        prepared = getattr(bk, "step_noise", None)
+        if prepared is not None:
+            noise_at = prepared(key, noise_shape, dtype, device=device, sample_ids=sample_ids)
+        else:
+            normal, fold_in = bk.normal, bk.fold_in  # looked up once, not at every step
+
+            def noise_at(i: int) -> Any:
+                return normal(fold_in(key, i), noise_shape, dtype, sample_ids=sample_ids, device=device)
+
     if all(hasattr(p, "unbind") for p in plan):
         # torch: a chunk of rows' 0-d entries from one unbind per column (memory stays bounded on
         # long plans), instead of one indexing per entry and step
@@ -504,9 +516,7 @@ def python_loop(
         rows = (tuple(p[i] for p in plan) for i in range(n))
     initial = state
     for i, plan_i in enumerate(rows):
-        noise_i = None
-        if noise_shape is not None:
-            noise_i = normal(fold_in(key, i), noise_shape, dtype, sample_ids=sample_ids, device=device)
+        noise_i = None if noise_at is None else noise_at(i)
         new_state = run(state, plan_i, noise_i, *extra)
         if i == 0:
             check_state_unchanged(state, new_state, i)

@@ -89,3 +89,27 @@ def test_draws_are_standard_and_keys_independent():
     assert float(corr.abs().max()) < 5 / 64  # 5 standard errors of a correlation over 4096 pairs
     u = BK.uniform(BK.key(1), (2**18,), torch.float64)
     assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / 2**18) ** 0.5 and 0 <= float(u.min()) and float(u.max()) < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("ids", [None, [4, 0, 2**40]])
+def test_prepared_loop_draws_equal_the_generic_draws(dtype, ids):
+    key = BK.fold_in(BK.key(2), 9)
+    noise_at = BK.step_noise(key, (3, 1, 5), dtype, sample_ids=ids)
+    for i in (0, 1, 2, 7, 2**33):
+        got = noise_at(i)
+        want = BK.normal(BK.fold_in(key, i), (3, 1, 5), dtype, sample_ids=ids)
+        assert got.dtype == dtype and torch.equal(got, want), i
+
+
+def test_a_loop_draws_each_step_from_the_folded_key():
+    key = BK.key(1)
+    seen = []
+
+    def step(state, plan_i, noise_i):
+        seen.append(noise_i)
+        return state
+
+    BK.loop(step, (torch.zeros(2, 3),), (torch.arange(4),), key=key, noise_shape=(2, 3))
+    for i, z in enumerate(seen):
+        assert torch.equal(z, BK.normal(BK.fold_in(key, i), (2, 3), torch.float32)), i
