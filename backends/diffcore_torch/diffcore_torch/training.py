@@ -143,6 +143,12 @@ class TorchTrainer:
             sync = contextlib.nullcontext() if ddp is None or i == last else ddp.no_sync()
 
             def net(x, t_in, cond=None, _dkey=dkey, _ids=ids):
+                if ddp is not None and _functorch_wrapped(x):
+                    raise ValueError(
+                        f"objective {type(objective).__name__} calls the network inside a torch.func transform "
+                        f"(e.g. 'ssm' differentiates it with respect to its input), which DistributedDataParallel's "
+                        f"forward does not support; train this objective on one process"
+                    )
                 if not bf16:
                     return module(x, t_in, cond, dropout_key=_dkey, sample_ids=_ids)
                 with torch.autocast(self._device_type, dtype=torch.bfloat16):
@@ -293,6 +299,12 @@ class TorchTrainer:
     def __repr__(self) -> str:
         ranks = "" if self._ddp is None else f", world={self.world!r}"
         return f"TorchTrainer({type(self.network).__name__}, {self.optimizer!r}, ema={self._ema is not None}{ranks})"
+
+
+def _functorch_wrapped(x: Any) -> bool:
+    """Whether ``x`` is a tensor being transformed by torch.func (grad, vjp, jvp, vmap)."""
+    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return probe is not None and isinstance(x, torch.Tensor) and bool(probe(x))
 
 
 def _wrap_ddp(network: nn.Module, world: Any) -> nn.Module:
