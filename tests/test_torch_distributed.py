@@ -14,6 +14,10 @@ c. sharded DDPM sampling, VLB and ODE likelihood (global ``sample_ids``, ``gathe
    the 1-process results example by example;
 d. after rank 1's death torchrun exits non-zero within 30 s, naming the failed rank, and the
    last checkpoint loads.
+
+In this process: without torchrun the world is ``LOCAL``; a trainer of several ranks without a
+process group is an error; a caller's 1-rank gloo group is wrapped as a ``TorchWorld`` whose
+gather, flag and barrier work and whose trainer runs without DDP.
 """
 
 from __future__ import annotations
@@ -166,3 +170,67 @@ def test_killed_worker_fails_the_job_quickly_and_leaves_a_loadable_checkpoint(tw
     last = load_checkpoint(two_ranks["run2"])  # verifies sizes and checksums
     assert job.STEPS <= last.step <= KILL_AFTER and last.step % job.CKPT_EVERY == 0
     assert list_checkpoints(two_ranks["run2"])[-1].name == f"step_{last.step:09d}"
+
+
+# ------------------------------------------------------------------------------ in this process
+def test_without_torchrun_the_world_is_local(monkeypatch):
+    from diffcore_torch.distributed import init_world
+
+    bk = job.diffcore.backend("torch")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not dist.is_initialized()
+    assert bk.world() is LOCAL and init_world("cpu") is LOCAL
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert bk.world() is LOCAL
+    for bad in (0, -1.0, float("nan"), "30", True):
+        with pytest.raises(ValueError, match=r"timeout_s must be a positive number of seconds; got"):
+            init_world(timeout_s=bad)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for v in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 but \['RANK', 'MASTER_ADDR', 'MASTER_PORT'\] not set: launch with torchrun"):
+        init_world("cpu")
+    with pytest.raises(ValueError, match=r"device 'mps': torch.distributed runs on 'cpu' \(gloo\) or 'cuda' \(NCCL\)"):
+        init_world("mps")
+
+
+def test_a_trainer_of_several_ranks_needs_the_process_group():
+    class TwoRanks:
+        rank, size = 0, 2
+
+        def all_gather(self, x):
+            return x
+
+        def any(self, flag):
+            return flag
+
+        def barrier(self):
+            return None
+
+    bk = job.diffcore.backend("torch")
+    with pytest.raises(ValueError, match=r"world has 2 ranks but torch.distributed's default group is not initialised"):
+        bk.trainer(bk.network(job.net_config()), job.OPT, world=TwoRanks())
+
+
+def test_torch_world_of_one_rank_gathers_agrees_and_waits(tmp_path):
+    """A gloo group of one process (initialised by the caller): init_world wraps it as it is."""
+    from diffcore_torch.distributed import TorchWorld, init_world
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", world_size=1, rank=0)
+    try:
+        world = init_world("cpu")
+        assert isinstance(world, TorchWorld) and (world.rank, world.size, world.backend) == (0, 1, "gloo")
+        for x in (np.arange(6.0).reshape(3, 2), np.array([True, False]), np.arange(4, dtype=np.int64), np.ones(2, np.float32)):
+            got = world.all_gather(x)
+            assert got.dtype == x.dtype and np.array_equal(got, x)
+        with pytest.raises(TypeError, match=r"all_gather: dtype complex128 cannot be sent"):
+            world.all_gather(np.ones(2, complex))
+        with pytest.raises(ValueError, match=r"all_gather: x must have 1..6 dimensions \(rows first\); got shape \(\)"):
+            world.all_gather(np.float32(1.0))
+        assert world.any(True) is True and world.any(False) is False
+        world.barrier()
+        # one rank: no DDP, the plain step
+        tr = job.trainer(world)
+        assert tr._ddp is None and tr.world is world
+    finally:
+        dist.destroy_process_group()
