@@ -309,12 +309,21 @@ class TorchBackend:
         )
 
     # training -------------------------------------------------------------------------------
-    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True) -> Any:
+    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True, world: Any = None) -> Any:
         """A :class:`diffcore_torch.training.TorchTrainer` (the :class:`diffcore.training.Trainer`
-        protocol) for a diffcore torch network and an :class:`diffcore.training.OptimizerConfig`."""
+        protocol) for a diffcore torch network and an :class:`diffcore.training.OptimizerConfig`;
+        with a ``world`` of several ranks (:meth:`world`) its gradients are reduced by DDP."""
         from .training import TorchTrainer
 
-        return TorchTrainer(self, network, optimizer, ema=ema)
+        return TorchTrainer(self, network, optimizer, ema=ema, world=world)
+
+    def world(self, device: Any = None, *, timeout_s: float | None = None) -> Any:
+        """This process's :class:`diffcore.distributed.World`: torch.distributed's default group under
+        torchrun (gloo on CPU, NCCL on CUDA; :func:`diffcore_torch.distributed.init_world`), else
+        ``diffcore.distributed.LOCAL``."""
+        from .distributed import DEFAULT_TIMEOUT_S, init_world
+
+        return init_world(device, timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
 
     def network(self, config: Any, *, seed: int = 0, weights: Any = None, device: Any = None) -> Any:
         """The diffcore torch network for a ``UNetConfig`` / ``MLPConfig``: initialised by torch's

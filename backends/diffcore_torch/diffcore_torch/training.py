@@ -6,10 +6,19 @@ micro-batches, clipped by its global norm, ``torch.optim.AdamW`` (Loshchilov & H
 the EMA of the weights. Dropout is keyed (``fold_in(batch.key, DROPOUT)`` and the examples' ids),
 so a step is a function of (weights, optimizer state, data, keys): resuming from
 :meth:`TorchTrainer.state_arrays` reproduces the unstopped run bit for bit.
+
+Several processes (torchrun): with a ``world`` of size W > 1 (``TorchBackend().world()``) the
+forward and backward run through ``torch.nn.parallel.DistributedDataParallel`` wrapped around the
+network: DDP broadcasts rank 0's weights when it is built, and all-reduces (averages) the gradients
+in the last micro-batch's backward (``no_sync`` on the others). Each rank's loss is scaled by
+``W / global_batch``, so DDP's average over W ranks is the gradient of ``sum_b loss_b / global_batch``
+over the whole global batch. Every rank then holds the same gradient and takes the same clipping,
+AdamW and EMA step: weights, optimizer and EMA stay identical on all ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any, Mapping, Sequence
@@ -19,6 +28,7 @@ import torch
 from torch import nn
 
 from diffcore.networks import MLPConfig, UNetConfig, check_weights, layout
+from diffcore.distributed import world_of
 from diffcore.training import DROPOUT, Batch, OptimizerConfig, StepOut
 
 __all__ = ["TorchTrainer"]
@@ -42,9 +52,18 @@ class TorchTrainer:
     ``state_dict()`` is ``layout(config)`` and whose forward takes ``dropout_key=`` and
     ``sample_ids=``); it is trained in place (``trainer.network``). ``ema``: keep an EMA of the
     weights (:meth:`ema_network`); without it ``ema_decay`` must be None.
+
+    ``world``: a :class:`diffcore_torch.distributed.TorchWorld` of several ranks (torchrun), or
+    None / ``LOCAL`` for one process. With several ranks the network is wrapped in
+    ``DistributedDataParallel`` for the training forward and backward only (built here, after which
+    every rank holds rank 0's weights). ``trainer.network`` and :meth:`ema_network` are always the
+    plain modules, never the DDP wrapper: sample and evaluate with them (a DDP module in a sampler
+    would synchronise the ranks' forwards, which may differ in number; they may not).
     """
 
-    def __init__(self, backend: Any, network: nn.Module, optimizer: OptimizerConfig, *, ema: bool = True) -> None:
+    def __init__(
+        self, backend: Any, network: nn.Module, optimizer: OptimizerConfig, *, ema: bool = True, world: Any = None
+    ) -> None:
         if not isinstance(network, nn.Module) or not isinstance(getattr(network, "config", None), (UNetConfig, MLPConfig)):
             raise TypeError(
                 f"network must be a diffcore_torch.networks module (UNet2D / MLP, with a UNetConfig / MLPConfig "
@@ -57,6 +76,9 @@ class TorchTrainer:
         self.backend = backend
         self.network = network
         self.optimizer = optimizer
+        self.world = world
+        size = world_of(self).size  # checks the world's rank and size
+        self._ddp = _wrap_ddp(network, world) if size > 1 else None  # broadcasts rank 0's weights
         self._names = [e.name for e in layout(network.config)]
         named = dict(network.named_parameters())
         missing = [n for n in self._names if n not in named]
@@ -106,30 +128,43 @@ class TorchTrainer:
                 raise ValueError(f"ema_decay={ema_decay!r} but this trainer keeps no EMA (built with ema=False); pass None")
             ema_decay = _check_number(ema_decay, "ema_decay", 0.0, 1.0)
 
-        bk, module, opt = self.backend, self.network, self._opt
+        bk, opt, ddp = self.backend, self._opt, self._ddp
+        module = self.network if ddp is None else ddp
+        ranks = 1 if ddp is None else self.world.size
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         bf16 = self.optimizer.precision == "bf16"
         losses, raws, ts = [], [], []
+        last = len(batches) - 1
         for i, batch in enumerate(batches):
             dkey, ids = bk.fold_in(batch.key, DROPOUT), batch.ids
+            # DDP: no all-reduce until the last micro-batch's backward (then of the accumulated sum)
+            sync = contextlib.nullcontext() if ddp is None or i == last else ddp.no_sync()
 
             def net(x, t_in, cond=None, _dkey=dkey, _ids=ids):
+                if ddp is not None and _functorch_wrapped(x):
+                    raise ValueError(
+                        f"objective {type(objective).__name__} calls the network inside a torch.func transform "
+                        f"(e.g. 'ssm' differentiates it with respect to its input), which DistributedDataParallel's "
+                        f"forward does not support; train this objective on one process"
+                    )
                 if not bf16:
                     return module(x, t_in, cond, dropout_key=_dkey, sample_ids=_ids)
                 with torch.autocast(self._device_type, dtype=torch.bfloat16):
                     out = module(x, t_in, cond, dropout_key=_dkey, sample_ids=_ids)
                 return out.float()  # the objective computes the loss in float32
 
-            out = objective(bk, net, batch)
-            loss = out.loss
-            if not isinstance(loss, torch.Tensor) or loss.ndim != 1:
-                raise ValueError(
-                    f"objective's loss for batches[{i}] must be a 1-D tensor (one loss per example); got "
-                    f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}"
-                )
-            (loss.sum() / global_batch).backward()
+            with sync:
+                out = objective(bk, net, batch)
+                loss = out.loss
+                if not isinstance(loss, torch.Tensor) or loss.ndim != 1:
+                    raise ValueError(
+                        f"objective's loss for batches[{i}] must be a 1-D tensor (one loss per example); got "
+                        f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}"
+                    )
+                # DDP averages over the ranks: scaled by the rank count, the average is the sum
+                (loss.sum() * ranks / global_batch if ranks > 1 else loss.sum() / global_batch).backward()
             losses.append(loss.detach())
             raws.append(out.raw.detach())
             ts.append(out.t)
@@ -152,6 +187,8 @@ class TorchTrainer:
                 raise ValueError("objective returned t for some micro-batches and None for others")
             t_np = torch.cat([torch.as_tensor(t) for t in ts]).cpu().numpy()
         applied = bool(np.isfinite(loss_np).all()) and math.isfinite(grad_norm)
+        if ddp is not None:  # the norm is global (reduced gradients); the losses are this rank's
+            applied = not self.world.any(not applied)
         if applied:
             with torch.no_grad():
                 if clip_norm is not None and grads:
@@ -247,7 +284,7 @@ class TorchTrainer:
         self._opt.load_state_dict(sd)  # torch moves the state to each parameter's device and dtype
 
     def ema_network(self) -> nn.Module:
-        """A deep copy of the network holding the EMA weights, in eval mode."""
+        """A deep copy of the (plain, never DDP-wrapped) network holding the EMA weights, in eval mode."""
         if self._ema is None:
             raise ValueError("this trainer keeps no EMA (built with ema=False): use trainer.network")
         net = copy.deepcopy(self.network)
@@ -260,4 +297,45 @@ class TorchTrainer:
         return net.eval()
 
     def __repr__(self) -> str:
-        return f"TorchTrainer({type(self.network).__name__}, {self.optimizer!r}, ema={self._ema is not None})"
+        ranks = "" if self._ddp is None else f", world={self.world!r}"
+        return f"TorchTrainer({type(self.network).__name__}, {self.optimizer!r}, ema={self._ema is not None}{ranks})"
+
+
+def _functorch_wrapped(x: Any) -> bool:
+    """Whether ``x`` is a tensor being transformed by torch.func (grad, vjp, jvp, vmap)."""
+    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return probe is not None and isinstance(x, torch.Tensor) and bool(probe(x))
+
+
+def _wrap_ddp(network: nn.Module, world: Any) -> nn.Module:
+    """``DistributedDataParallel(network)`` on torch.distributed's default group, checked first."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"world has {world.size} ranks but torch.distributed's default group is not initialised: build it with "
+            f"TorchBackend().world() under torchrun"
+        )
+    if (dist.get_world_size(), dist.get_rank()) != (world.size, world.rank):
+        raise ValueError(
+            f"world is rank {world.rank} of {world.size} but torch.distributed's default group is rank "
+            f"{dist.get_rank()} of {dist.get_world_size()}: the torch trainer reduces over the default group"
+        )
+    devices = {p.device for p in network.parameters()}
+    if len(devices) != 1:
+        raise ValueError(f"network: DDP needs all parameters on one device; found {sorted(map(str, devices))}")
+    (device,) = devices
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        raise ValueError(f"network is on {device} but the process group is NCCL: move it to {getattr(world, 'device', 'cuda')}")
+    # No device_ids: the inputs are already on the network's device (DDP would otherwise copy
+    # them, keys included). Buffers are constants of the architecture: synced once when DDP is
+    # built, not before every forward (older torch: ``broadcast_buffers=False``).
+    import inspect
+
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(network, device_ids=None, **no_buffer_sync)
