@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="K=V", help="a sampler option (repeatable)")
     p.add_argument("--inpaint", choices=("left", "right", "top", "bottom", "center"), help="inpaint a held-out image with this half/centre masked")
     p.add_argument("--colorize", action="store_true", help="colorize held-out images from their grey levels (RGB data)")
+    p.add_argument("--trajectory", action="store_true", help="also draw x_t at 8 times for 8 samples (pictures/trajectory.png)")
     p.add_argument("--label", type=int, help="class label for a class-conditional model")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight")
     p = sub.add_parser("nll", help="bits/dim on held-out data")
@@ -443,13 +444,23 @@ def _sampler_options(run: Run, args: argparse.Namespace | None) -> tuple[str, di
 
 
 def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, Any], n: int, *, seed: int = 0,
-                 console: Console | None = None, mask: Any = None, known: Any = None, cond: Any = None) -> tuple[np.ndarray, int, float]:
-    from .samplers import sample
+                 console: Console | None = None, mask: Any = None, known: Any = None, basis: Any = None,
+                 cond: Any = None, trajectory: int = 0) -> tuple[np.ndarray, int, float, Any]:
+    """(samples, NFE, seconds, trajectory): ``trajectory`` T > 0 keeps x at T numbers of steps
+    evenly spaced from x_T to the samples (:class:`diffcore.samplers.Trajectory`, NumPy), else None."""
+    from .samplers import build, sample
 
     process = run.process()
     shape = (n, *run.dataset().shape)
     opts = dict(options)
     opts.setdefault("prediction", recipes.prediction_of(run.config))
+    keep = None
+    if trajectory:
+        try:
+            rows = len(build(name, net, process, backend=bk, **opts).plan[0])
+        except TypeError as e:
+            raise UsageError(str(e)) from None
+        keep = sorted({int(round(v)) for v in np.linspace(0, rows, trajectory)})
     bar = console.bar(1, f"sample {name}") if console is not None else None
     t0 = time.perf_counter()
 
@@ -461,14 +472,18 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
 
     try:
         with bk.inference():
-            out = sample(name, net, process, shape, backend=bk, seed=seed, mask=mask, known=known, cond=cond,
-                         progress=progress, device=_device(bk, run.config), **opts)
+            out = sample(name, net, process, shape, backend=bk, seed=seed, mask=mask, known=known, basis=basis,
+                         cond=cond, progress=progress, keep=keep, device=_device(bk, run.config), **opts)
     except TypeError as e:
         raise UsageError(str(e)) from None
     finally:
         if bar is not None:
             bar.close()
-    return _to_numpy(out.x), int(out.nfe), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    kept = None
+    if out.trajectory is not None:
+        kept = out.trajectory._replace(x=_to_numpy(out.trajectory.x))
+    return _to_numpy(out.x), int(out.nfe), seconds, kept
 
 
 def _picture(run: Run, samples: np.ndarray, stem: str) -> str:
@@ -486,10 +501,15 @@ def _picture(run: Run, samples: np.ndarray, stem: str) -> str:
 def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = None) -> dict:
     run = run or _open_run(args, "sample", create=False)
     s = run.config["sample"]
+    n = s["n"]
+    mask = known = basis = cond = None
+    colorize = getattr(args, "colorize", False)
+    if colorize and getattr(args, "inpaint", None):
+        raise UsageError("--colorize and --inpaint both choose the known part of the samples: give one of them")
+    if colorize:  # before loading the model: a wrong kind of data is a mistake of the command line
+        mask, known, basis, grey = _colorize_inputs(run, n)
     bk, net, ckpt = _load_model(run, ema=s["ema"])
     name, options = _sampler_options(run, args)
-    n = s["n"]
-    mask = known = cond = None
     if getattr(args, "inpaint", None):
         mask, known = _inpaint_inputs(run, args.inpaint, n, bk)
     label = getattr(args, "label", None)
@@ -507,12 +527,18 @@ def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = Non
             net = classifier_free_guidance(net, guidance, learned_variance=recipes.learned_variance(run.process()))
     elif label is not None or guidance:
         raise UsageError("--label and --guidance need a class-conditional model (train with --network.class_conditional true)")
-    x, nfe, seconds = draw_samples(run, bk, net, name, options, n, seed=run.config["seed"], console=console,
-                                   mask=mask, known=known, cond=cond)
+    x, nfe, seconds, kept = draw_samples(run, bk, net, name, options, n, seed=run.config["seed"], console=console,
+                                         mask=mask, known=known, basis=basis, cond=cond,
+                                         trajectory=8 if getattr(args, "trajectory", False) else 0)
     if classes is not None and guidance:
         nfe *= 2  # the guided model calls the network twice (conditional and unconditional)
     stem = f"samples-{name}" + (f"-inpaint-{args.inpaint}" if getattr(args, "inpaint", None) else "")
+    stem += "-colorize" if colorize else ""
     row = {"sampler": name, "NFE": nfe, "seconds": seconds, **_quality(run, x), "picture": _picture(run, x, stem)}
+    if colorize:
+        row["comparison"] = _colorize_picture(run, grey, x, stem)
+    if kept is not None:
+        row["trajectory"] = _trajectory_picture(run, kept)
     if len(run.dataset().shape) == 1 and run.dataset().shape[0] == 2:
         _score_picture(run, bk, net)
     np.save(run.pictures / f"{stem}.npy", x)
@@ -556,12 +582,57 @@ def _score_picture(run: Run, bk: Any, net: Any) -> str:
                                  title=f"learned score at t = {t:g}"))
 
 
+def _held_out_images(run: Run, n: int) -> np.ndarray:
+    """``n`` held-out examples (the first one repeated when there are fewer)."""
+    ds = run.dataset()
+    ref = ds.held_out if ds.held_out is not None else ds
+    return np.repeat(ref.data[:1], n, axis=0) if len(ref) < n else ref.data[:n]
+
+
+def _colorize_inputs(run: Run, n: int) -> tuple[Any, Any, Any, np.ndarray]:
+    """(mask, known, basis, grey images) to colorize ``n`` held-out colour images from their grey
+    levels (score_sde's colorizer: the grey channel of an orthogonal colour basis is known)."""
+    from .samplers.control import colorization_inputs
+
+    ds = run.dataset()
+    if len(ds.shape) != 3 or ds.shape[0] != 3:
+        what = "vectors" if len(ds.shape) != 3 else f"{ds.shape[0]}-channel images"
+        raise UsageError(
+            f"--colorize needs colour images (3 channels, data of shape (3, H, W)); data {ds.name!r} holds {what} "
+            f"of shape {tuple(ds.shape)}: train on a folder of RGB images or an (N, 3, H, W) .npy/.npz (--data PATH)"
+        )
+    images = _held_out_images(run, n)
+    mask, known, basis = colorization_inputs(images)
+    grey = np.repeat(images.mean(axis=1, keepdims=True), 3, axis=1)
+    return mask.astype(np.float32), known.astype(np.float32), basis, grey
+
+
+def _colorize_picture(run: Run, grey: np.ndarray, x: np.ndarray, stem: str) -> str:
+    """Up to 8 columns: the grey input, the colorization and the original, one row each."""
+    from . import plots
+
+    k = min(8, len(x))
+    original = _held_out_images(run, len(x))[:k]
+    rows = np.concatenate([grey[:k], np.clip(x[:k], -1, 1), original])
+    return str(plots.image_grid(rows, run.pictures / f"{stem}-comparison.png", nrow=k, levels=run.dataset().levels))
+
+
+def _trajectory_picture(run: Run, kept: Any) -> str:
+    """x after the kept numbers of steps, one column each, for up to 8 samples (pictures/trajectory.png)."""
+    from . import plots
+    from .process import time_range
+
+    times = np.asarray(kept.times, dtype=np.float64)
+    times = np.where(np.isnan(times), float(time_range(run.process())[0]), times)  # the samples: the clean end
+    xs = kept.x if kept.x.ndim != 5 else np.clip(kept.x, -1, 1)
+    return str(plots.trajectory_strip(xs, times, run.pictures / "trajectory.png", levels=run.dataset().levels))
+
+
 def _inpaint_inputs(run: Run, where: str, n: int, bk: Any) -> tuple[Any, Any]:
     ds = run.dataset()
     if len(ds.shape) != 3:
         raise UsageError("--inpaint takes image data")
-    ref = ds.held_out if ds.held_out is not None else ds
-    known = np.repeat(ref.data[:1], n, axis=0) if len(ref) < n else ref.data[:n]
+    known = _held_out_images(run, n)
     C, H, W = ds.shape
     mask = np.ones((n, C, H, W))
     if where == "left":
@@ -598,12 +669,24 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
         offset = bits_per_dim_offset(ds.levels)
     xb = xp.asarray(x.astype(np.float32))
     method = c["method"]
+    bar = console.bar(1, f"nll {method}")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
     t0 = time.perf_counter()
-    with bk.inference() if method == "vlb" else contextlib.nullcontext():  # the ODE's trace differentiates
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
+        if method == "vlb":  # the ODE's trace differentiates
+            stack.enter_context(bk.inference())
         if method == "vlb":
             if not getattr(process, "discrete", False):
                 raise UsageError(f"nll.method 'vlb' needs a discrete family (ddpm, iddpm); this run is {run.config['model']['family']!r}")
-            res = vlb_bpd(net, process, xb, backend=bk, seed=run.config["seed"], decoder="gaussian")
+            res = vlb_bpd(net, process, xb, backend=bk, seed=run.config["seed"], decoder="gaussian", progress=progress)
         else:
             if getattr(process, "discrete", False):
                 raise UsageError(
@@ -611,7 +694,8 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
                     f"{run.config['model']['family']!r}: use --method vlb"
                 )
             res = ode_likelihood(net, process, xb, backend=bk, prediction=recipes.prediction_of(run.config),
-                                 divergence=c["trace"], seed=run.config["seed"], rtol=c["rtol"], atol=c["atol"])
+                                 divergence=c["trace"], seed=run.config["seed"], rtol=c["rtol"], atol=c["atol"],
+                                 progress=progress)
     seconds = time.perf_counter() - t0
     bpd = _to_numpy(res.bpd) + offset
     nfe = np.asarray(_to_numpy(res.nfe)).mean()
@@ -691,7 +775,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> dict:
     bk, net, ckpt = _load_model(run, ema=True)
     plans = [("ancestral", {"steps": 100}), ("ddim", {"steps": 50}), ("pc", {"steps": 50}), ("ode_heun", {"steps": 50})]
     for name, opts in plans:
-        x, nfe, seconds = draw_samples(run, bk, net, name, opts, config["sample"]["n"], seed=config["seed"], console=console)
+        x, nfe, seconds, _ = draw_samples(run, bk, net, name, opts, config["sample"]["n"], seed=config["seed"], console=console)
         stem = f"samples-{name}-{nfe}"
         rows.append({"sampler": name, "NFE": nfe, "seconds": seconds, **_quality(run, x), "picture": _picture(run, x, stem)})
     nll_row = cmd_nll(args, console, run, loaded=(bk, net, ckpt))  # the EMA model already loaded

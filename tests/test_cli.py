@@ -156,3 +156,38 @@ def test_class_conditional_digits_with_guidance(tmp_path):
     diffcore("sample", "--run", run, "--guidance", 2, "--label", 3, "--inpaint", "left", "--steps", 4, "--n", 10)
     row = json.loads((run / "summary.json").read_text())["samples"]["samples-ddim-inpaint-left"]
     assert row["NFE"] == 8 and "coverage" in row  # two network calls a step
+
+
+def test_colorize_and_trajectory_on_user_rgb_images(tmp_path):
+    """No 3-channel data ships: a tiny (N, 3, 8, 8) uint8 .npy; two training steps, three sampling steps."""
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8)).astype(np.uint8)
+    np.save(tmp_path / "rgb.npy", images)
+    run = tmp_path / "rgb"
+    diffcore("train", "--run", run, "--data", tmp_path / "rgb.npy", "--network.channels", "8,16", "--network.norm_groups", 4,
+             "--network.attention", "false", "--steps", 2, "--train.batch_size", 8, "--quiet")
+    diffcore("sample", "--run", run, "--colorize", "--trajectory", "--steps", 3, "--n", 6, "--quiet")
+    row = json.loads((run / "summary.json").read_text())["samples"]["samples-ddim-colorize"]
+    x = np.load(run / "pictures" / "samples-ddim-colorize.npy")
+    grey = x.mean(axis=1)  # 4 held-out images, fewer than 6: the first one six times
+    data_grey = (images / 127.5 - 1.0).mean(axis=1)
+    assert np.abs(grey - grey[:1]).max() < 1e-4 and np.abs(data_grey - grey[0]).max(axis=(1, 2)).min() < 1e-4  # float32
+    assert x.std(axis=1).mean() > 0.05  # the colours are generated, not grey
+    # x at 0, 1, 2 and 3 steps (4 columns) of 6 samples, 8 px cells upscaled 6x with 1 px borders
+    assert Image.open(row["trajectory"]).size == (4 * 49 + 1, 6 * 49 + 1)
+    assert Path(row["comparison"]).is_file()
+
+
+def test_colorize_refuses_grey_data(tmp_path, capsys):
+    from diffcore import run as recipes
+    from diffcore.cli import main
+
+    run = tmp_path / "digits"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(recipes.resolve({"data": {"name": "digits"}})))
+    assert main(["sample", "--run", str(run), "--colorize"]) == 2
+    err = capsys.readouterr().err
+    assert "--colorize needs colour images (3 channels, data of shape (3, H, W)); data 'digits' holds 1-channel images" in err
+    assert main(["sample", "--run", str(run), "--colorize", "--inpaint", "left"]) == 2
+    assert "--colorize and --inpaint both choose the known part" in capsys.readouterr().err

@@ -254,6 +254,148 @@ def test_inpainting_on_a_correlated_gaussian_is_an_approximation():
     assert np.isfinite(mean_err) and np.isfinite(std_err)
 
 
+# ---------------------------------------------------------------------- colorization (inpainting in a basis)
+
+BASIS = diffcore.samplers.colorization_basis(3)
+
+
+def _pixel_model(mix, d):
+    """The exact eps model of x = B^T y, y ~ ``mix`` (3-D, in the colour basis), for (B, 3, 1, 1)
+    images: eps_x(x) = B^T eps_y(B x) (eps is equivariant under orthogonal maps). Any namespace."""
+    from diffcore.samplers.control import change_basis
+
+    inner = mix.as_model(d, "eps")
+
+    def model(x, t_in):
+        ns = diffcore._array.array_namespace(x)
+        b = diffcore._array.as_like(BASIS, x)
+        y = ns.reshape(change_basis(b, x), (x.shape[0], 3))
+        return change_basis(ns.matrix_transpose(b), ns.reshape(inner(y, t_in), tuple(x.shape)))
+
+    return model
+
+
+def test_colorization_basis_is_orthogonal_with_the_grey_first():
+    np.testing.assert_allclose(BASIS @ BASIS.T, np.eye(3), atol=1e-15)
+    np.testing.assert_allclose(BASIS[0], np.full(3, 3**-0.5))
+    # score_sde's M (columns: the grey, then two colour differences), up to the sign of a colour axis
+    M = np.array([[5.7735014e-01, -8.1649649e-01, 4.7008697e-08],
+                  [5.7735026e-01, 4.0824834e-01, 7.0710671e-01],
+                  [5.7735026e-01, 4.0824822e-01, -7.0710683e-01]])
+    np.testing.assert_allclose(np.abs(BASIS), np.abs(M.T), atol=1e-6)
+    mask, known, basis = diffcore.samplers.colorization_inputs(np.full((2, 1, 4, 4), 0.5))  # grey input
+    np.testing.assert_allclose(known[:, 0], 0.5 * np.sqrt(3)) and np.testing.assert_array_equal(mask.ravel(), [1, 0, 0])
+
+
+def test_colorization_matches_the_exact_conditional():
+    """A Gaussian whose grey channel is independent of its colour channels (which correlate the
+    pixels' R, G, B): projecting the grey channel samples the exact conditional p(x | grey). The
+    probability-flow ODE (Heun, 30 steps) is accurate on a Gaussian; DDPM on a coarse grid is not."""
+    d = diffcore.VPSDE()
+    means, stds = np.array([[0.1, 0.3, -0.2]]), np.array([[0.5, 0.4, 0.15]])
+    model = _pixel_model(GaussianMixture(np.array([1.0]), means, stds), d)
+    observed = np.array([[[[0.6]], [[0.2]], [[-0.1]]]])  # an RGB image (1, 3, 1, 1)
+    mask, known, basis = diffcore.samplers.colorization_inputs(observed)
+    x = sample("ode_heun", model, d, (N, 3, 1, 1), seed=3, steps=30, mask=mask, known=known, basis=basis).x[..., 0, 0]
+    grey = BASIS @ observed[0, :, 0, 0]
+    np.testing.assert_allclose((x @ BASIS.T)[:, 0], grey[0], rtol=0, atol=1e-12)  # the grey level is kept
+    want_mean = BASIS.T @ np.array([grey[0], *means[0, 1:]])
+    want_cov = BASIS.T @ np.diag([0.0, *stds[0, 1:] ** 2]) @ BASIS
+    got_mean, got_cov = x.mean(0), np.cov(x.T)
+    print(f"\ncolorization: mean error {np.abs(got_mean - want_mean).max():.4f}, cov error {np.abs(got_cov - want_cov).max():.4f}")
+    np.testing.assert_allclose(got_mean, want_mean, atol=0.03)
+    np.testing.assert_allclose(got_cov, want_cov, atol=0.015)
+    assert np.abs(want_cov - np.diag(np.diag(want_cov))).max() > 0.03  # the channels do correlate
+    # inpainting channel 0 in pixel space instead is another (wrong) conditional
+    plain = sample("ode_heun", model, d, (N, 3, 1, 1), seed=3, steps=30, mask=mask, known=known).x[..., 0, 0]
+    assert np.abs(plain.mean(0) - want_mean).max() > 0.1
+
+
+@pytest.mark.parametrize("name, options", [("ddpm", {"steps": 5}), ("ddim", {"steps": 4, "eta": 0.5})])
+def test_colorization_is_inpainting_after_the_change_of_basis(xp, name, options):
+    """Colorizing x with the pixel model = plain inpainting of y = B x with the model in the basis
+    (step noise rotated alike), on every namespace (JAX: one case, compiled; its eager dispatch is slow)."""
+    from diffcore.samplers.control import change_basis
+
+    jit = xp.__name__.startswith("jax")
+    if jit and name != "ddim":
+        pytest.skip("JAX runs the ddim case only")
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    mix = GaussianMixture(np.array([0.4, 0.6]), np.array([[0.5, -0.3, 0.2], [-0.4, 0.2, -0.1]]),
+                          np.array([[0.3, 0.2, 0.4], [0.2, 0.3, 0.1]]))
+    inner = mix.as_model(d, "eps")
+    basis_model = lambda y, t_in: inner(y[..., 0, 0], t_in)[..., None, None]  # noqa: E731
+    rng = np.random.default_rng(5)
+    shape = (4, 3, 1, 1)
+    x_T = rng.standard_normal(shape)
+    mask, known = np.array([1.0, 0.0, 0.0])[None, :, None, None], rng.standard_normal((4, 3, 1, 1))
+    s_x, s_y = build(name, _pixel_model(mix, d), d, **options), build(name, basis_model, d, **options)
+    col = diffcore.samplers.inpaint(s_x, to_xp(mask, xp), to_xp(known, xp), shape, basis=to_xp(BASIS, xp))
+    ip = diffcore.samplers.inpaint(s_y, to_xp(mask, xp), to_xp(known, xp), shape)
+    k = s_x.noise_draws
+    noises = [rng.standard_normal((4, k + 1, 3, 1, 1)) for _ in range(len(s_x.plan[0]))]
+    rotated = [np.concatenate([np.stack([change_basis(BASIS, z[:, j]) for j in range(k)], 1), z[:, k:]], 1) if k else z
+               for z in noises]
+    x = to_np(_replay(col, x_T, noises, xp, jit=jit)[0])
+    y = to_np(_replay(ip, change_basis(BASIS, x_T), rotated, xp, jit=jit)[0])
+    np.testing.assert_allclose(x, change_basis(BASIS.T, y), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(change_basis(BASIS, x)[:, 0], known[:, 0], atol=1e-12)
+
+
+def test_colorization_bad_basis():
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    model = lambda x, t: 0.0 * x  # noqa: E731
+    mask, known = np.array([1.0, 0.0, 0.0])[None, :, None, None], np.zeros((1, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"basis must be orthogonal .* max \|basis basis\^T - I\| = 3"):
+        sample("ddim", model, d, (2, 3, 1, 1), steps=2, mask=mask, known=known, basis=2 * np.eye(3))
+    with pytest.raises(ValueError, match=r"basis must be a \(3, 3\) matrix acting on the 3 channels"):
+        sample("ddim", model, d, (2, 3, 1, 1), steps=2, mask=mask, known=known, basis=np.eye(2))
+    with pytest.raises(ValueError, match="basis is the basis of mask and known"):
+        sample("ddim", model, d, (2, 3, 1, 1), steps=2, basis=BASIS)
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, ...\) colour images or \(B, 1, ...\) grey"):
+        diffcore.samplers.colorization_inputs(np.zeros((2, 2, 4, 4)))
+
+
+# ---------------------------------------------------------------------------------- kept states
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch", "jax"])
+def test_keep_returns_the_states_after_the_kept_steps(backend_name):
+    if backend_name not in diffcore.available_backends():
+        pytest.skip(f"backend {backend_name} not installed")
+    bk = diffcore.backend(backend_name)
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
+    model = two_gaussians_2d().as_model(d, "eps")
+    xT = np.random.default_rng(6).standard_normal((4, 2))
+    r = sample("ddim", model, d, (4, 2), backend=bk, x_T=bk.xp.asarray(xT), steps=6, keep=[-1, 0, 2])
+    plain = sample("ddim", model, d, (4, 2), backend=bk, x_T=bk.xp.asarray(xT), steps=6)
+    traj = r.trajectory
+    assert traj.steps == (0, 2, 6) and to_np(traj.x).shape == (3, 4, 2)
+    np.testing.assert_array_equal(to_np(r.x), to_np(plain.x))  # keeping changes nothing
+    s = build("ddim", model, d, steps=6)
+    np.testing.assert_array_equal(traj.times[:2], s.times[[0, 2]]) and np.isnan(traj.times[2])
+    state, plan = s.init(xT), plan_to(s.plan, np, np.float64, None)
+    for i in range(2):
+        state = s.step(state, tuple(p[i] for p in plan), None, NO_WEIGHTS)
+    np.testing.assert_allclose(to_np(traj.x), np.stack([xT, state.x, to_np(r.x)]), rtol=1e-12, atol=1e-12)
+
+
+def test_keep_with_inpainting_and_a_split_driver():
+    """edm_heun runs its last row apart (one model call): the samples are still the last entry."""
+    vp = diffcore.VPSDE()
+    model = two_gaussians_2d().as_model(vp, "eps")
+    opts = dict(steps=5, mask=np.array([[1.0, 0.0]]), known=np.array([[0.3, 0.0]]), seed=2)
+    r = sample("edm_heun", model, vp, (8, 2), keep=range(6), **opts)
+    np.testing.assert_array_equal(r.x, sample("edm_heun", model, vp, (8, 2), **opts).x)
+    np.testing.assert_array_equal(r.trajectory.x[-1], r.x)
+    assert r.trajectory.steps == (0, 1, 2, 3, 4, 5)
+    np.testing.assert_array_equal(r.trajectory.x[1:-1, :, 0].std(axis=1) > 0, True)  # noisy known part on the way
+    with pytest.raises(ValueError, match=r"keep must hold numbers of steps in 0..5 \(or -6..-1 from the end\); got \[7\]"):
+        sample("edm_heun", model, vp, (8, 2), steps=5, keep=[7])
+    with pytest.raises(ValueError, match="ode_dopri5 has no fixed grid of steps to wrap"):
+        sample("ode_dopri5", model, vp, (8, 2), keep=[0])
+
+
 # ------------------------------------------------------------------------------------- guidance
 
 

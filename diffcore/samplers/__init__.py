@@ -16,18 +16,32 @@ import inspect
 from typing import Any, Callable, NamedTuple
 
 
-from .._array import array_device, array_namespace, as_like, check_float_array, concrete_all_finite, values_checked_upstream
+import math
+
+import numpy as np
+
+from .._array import (
+    array_device,
+    array_namespace,
+    as_like,
+    asarray_on,
+    check_float_array,
+    concrete_all_finite,
+    default_dtype,
+    values_checked_upstream,
+)
 from .._cache import cached
 from ..backends import Backend, backend as _get_backend, check_backend_array, check_shape
 from ..models import ModelFn, _MeanChannels, mean_channels, split_model
-from ._base import ModelArgs, Sampler, nonfinite_probes, plan_to
+from ._base import Kept, ModelArgs, Sampler, nonfinite_probes, plan_to
 from .ancestral import ddim, ddpm
-from .control import inpaint
+from .control import colorization_basis, colorization_inputs, inpaint
 from .grid import time_grid
 from .ode import FACTORIES as _ODE_SAMPLERS
 from .sde_samplers import FACTORIES as _SDE_SAMPLERS
 
-__all__ = ["SAMPLERS", "Sampler", "SampleResult", "build", "run", "sample", "register_sampler", "inpaint", "time_grid"]
+__all__ = ["SAMPLERS", "Sampler", "SampleResult", "Trajectory", "build", "run", "sample", "register_sampler", "inpaint",
+           "colorization_basis", "colorization_inputs", "time_grid"]
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddpm": ddpm,
@@ -46,11 +60,22 @@ def register_sampler(name: str, factory: Callable[..., Sampler]) -> None:
     SAMPLERS[name] = factory
 
 
+class Trajectory(NamedTuple):
+    """The states a run kept (``keep=``): ``x`` (K, *shape), x after ``steps[k]`` steps of the
+    sampler (0: x_T; the number of steps: the samples, as returned), at process times ``times[k]``
+    (the time the next step starts from; NaN for the samples, at the sampler's end)."""
+
+    x: Any
+    steps: tuple
+    times: np.ndarray
+
+
 class SampleResult(NamedTuple):
-    """The samples and the number of model evaluations it took."""
+    """The samples, the number of model evaluations it took, and the kept states (``keep=``; else None)."""
 
     x: Any
     nfe: int
+    trajectory: Trajectory | None = None
 
 
 def build(name: str, model: Callable[..., Any], process: Any, *, backend: str | Backend | None = None, **options: Any) -> Sampler:
@@ -145,15 +170,21 @@ def sample(
     x_T: Any = None,
     mask: Any = None,
     known: Any = None,
+    basis: Any = None,
     cond: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    keep: Any = None,
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape`` samples with sampler ``name`` and return them with the number of model calls.
 
     ``seed`` seeds the backend's generator (``sample_ids`` seeds each example on its own, so a
     sample does not depend on its batch); ``x_T`` replaces the prior draw; ``mask`` / ``known``
-    inpaint (mask 1 where ``known`` holds); ``cond`` conditions the model (class labels...).
+    inpaint (mask 1 where ``known`` holds), in the orthogonal channel ``basis`` (C, C) if given
+    (colorization: :func:`colorization_inputs`); ``cond`` conditions the model (class labels...).
+    ``keep`` (numbers of steps, e.g. ``[0, 10, 50]``; negative ones count from the end) keeps x
+    after those steps: ``result.trajectory`` (:class:`Trajectory`); on JAX the kept states are part
+    of the compiled loop's carry. Costs one K-fold select on the state per step.
     Other options go to the sampler (``steps``, ``eta``...). Non-finite values stop the run with
     an error naming the first bad step and its time.
 
@@ -173,7 +204,7 @@ def sample(
     fn = _view(name, fn, process)
     sampler = _build(name, fn, process, options)
     return _run(sampler, fn, weights, shape, bk, seed=seed, dtype=dtype, device=device, sample_ids=sample_ids,
-                x_T=x_T, mask=mask, known=known, cond=cond, progress=progress)
+                x_T=x_T, mask=mask, known=known, basis=basis, cond=cond, progress=progress, keep=keep)
 
 
 def run(
@@ -189,8 +220,10 @@ def run(
     x_T: Any = None,
     mask: Any = None,
     known: Any = None,
+    basis: Any = None,
     cond: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    keep: Any = None,
 ) -> SampleResult:
     """Run a built ``sampler`` with ``model``'s current weights (``Sampler.sample``)."""
     bk = _resolve_backend(backend)
@@ -204,10 +237,47 @@ def run(
             "module of the same graph)"
         )
     return _run(sampler, sampler.model or fn, weights, shape, bk, seed=seed, dtype=dtype, device=device,
-                sample_ids=sample_ids, x_T=x_T, mask=mask, known=known, cond=cond, progress=progress)
+                sample_ids=sample_ids, x_T=x_T, mask=mask, known=known, basis=basis, cond=cond, progress=progress,
+                keep=keep)
 
 
-def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_T, mask, known, cond, progress):
+def _keep_steps(keep: Any, n: int) -> tuple[int, ...]:
+    """The kept numbers of steps, sorted, each in 0..n (negative ones count from n)."""
+    try:
+        values = [keep] if isinstance(keep, (int, np.integer)) else list(keep)
+    except TypeError:
+        values = [keep]
+    out = set()
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not -n - 1 <= v <= n:
+            raise ValueError(f"keep must hold numbers of steps in 0..{n} (or -{n + 1}..-1 from the end); got {keep!r}")
+        out.add(int(v) % (n + 1))
+    if not out:
+        raise ValueError(f"keep must name at least one number of steps in 0..{n}; got {keep!r}")
+    return tuple(sorted(out))
+
+
+def _keeping(sampler: Sampler, steps: tuple[int, ...], like: Any) -> Sampler:
+    """``sampler`` whose state carries the kept states (:class:`Kept`): after step i the new x is
+    written to the slots kept after i + 1 steps, by one select (no host read: it runs under jit)."""
+    xp = array_namespace(like)
+    fields = type(sampler.plan)._fields
+    ii = fields.index("index")
+    idx_dtype = default_dtype(xp, "indexing")
+    wanted = asarray_on(xp, np.asarray(steps, dtype=np.int64), array_device(like))
+    wanted = xp.reshape(xp.astype(wanted, idx_dtype), (len(steps),) + (1,) * like.ndim)
+    inner = sampler.step
+
+    def step(state, plan_i, noise_i, args):
+        new = inner(state.state, plan_i, noise_i, args)
+        hit = wanted == xp.astype(plan_i[ii], idx_dtype) + 1
+        return Kept(new, xp.where(hit, new.x[None, ...], state.xs))
+
+    return sampler._replace(step=step)
+
+
+def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_T, mask, known, basis, cond, progress,
+         keep=None):
     shape = check_shape(shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes (batch first); got {shape}")
@@ -228,11 +298,21 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
     if mask is not None or known is not None:  # converted once, here: the loop must not convert or move them
         if mask is None or known is None:
             raise ValueError("inpainting needs both mask and known (the observation); got only one of them")
-        sampler = inpaint(sampler, as_like(mask, x_T), as_like(known, x_T), shape)
+        sampler = inpaint(sampler, as_like(mask, x_T), as_like(known, x_T), shape,
+                          basis=None if basis is None else as_like(basis, x_T))
+    elif basis is not None:
+        raise ValueError("basis is the basis of mask and known (inpainting, colorization); got a basis without them")
     xp = array_namespace(x_T)
+    n_steps = int(np.asarray(sampler.plan[0]).shape[0])
+    kept = None
+    if keep is not None:
+        kept = _keep_steps(keep, n_steps)
+        sampler = _keeping(sampler, kept, x_T)
 
     plan = plan_to(sampler.plan, xp, x_T.dtype, array_device(x_T))
     state = sampler.init(x_T)
+    if kept is not None:
+        state = Kept(state, xp.stack([x_T] * len(kept)))
     noise_shape = (shape[0], sampler.noise_draws) + shape[1:] if sampler.noise_draws else None
     loop_options = dict(
         key=bk.fold_in(key, _LOOP_STREAM),
@@ -248,6 +328,8 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
             state = sampler.drive(sampler.step, state, plan, backend=bk, **loop_options)
         else:
             state = bk.loop(sampler.step, state, plan, **loop_options)
+    if kept is not None:
+        state, xs = state
     bad = probes.first_bad(state.bad_step)
     if bad >= 0:
         when = sampler.times[bad] if bad < len(sampler.times) else sampler.times[-1]
@@ -257,4 +339,11 @@ def _run(sampler, fn, weights, shape, bk, *, seed, dtype, device, sample_ids, x_
             f"underflowed in {x_T.dtype} (e.g. the corrector's step in float16); the samples were discarded"
         )
     nfe = sampler.nfe if sampler.nfe is not None else int(state.nfe)
-    return SampleResult(sampler.result(state), nfe)
+    samples = sampler.result(state)
+    trajectory = None
+    if kept is not None:
+        if kept[-1] == n_steps:  # the samples, whichever driver ran the last row
+            xs = xp.concat([xs[:-1, ...], samples[None, ...]], axis=0)
+        times = [float(sampler.times[k]) if k < len(sampler.times) else math.nan for k in kept]
+        trajectory = Trajectory(xs, kept, np.asarray(times))
+    return SampleResult(samples, nfe, trajectory)

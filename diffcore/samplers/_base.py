@@ -30,6 +30,7 @@ __all__ = [
     "Sampler",
     "ModelArgs",
     "SampleState",
+    "Kept",
     "init_state",
     "final_x",
     "plan_to",
@@ -94,6 +95,14 @@ class SampleState(NamedTuple):
 
     x: Any
     bad_step: Any
+
+
+class Kept(NamedTuple):
+    """A sampler's loop state with the states it keeps (``diffcore.sample(..., keep=...)``):
+    ``xs`` (K, *shape) holds x after the kept numbers of steps, written as the loop passes them."""
+
+    state: Any
+    xs: Any
 
 
 def init_state(x_T: Any) -> SampleState:

@@ -50,6 +50,7 @@ from ._base import (
     resolve_prediction,
     ModelArgs,
     SampleState,
+    Kept,
     final_x,
     init_state,
     Sampler,
@@ -108,7 +109,9 @@ def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
     the Tweedie denoising row): running ``step`` on it gives the same numbers with wasted calls.
     The last row's noise comes from ``fold_in(fold_in(key, n - 1), 0)``.
     A wrapped ``step`` (inpainting's projection) is not applied on the last row: that row goes to
-    sigma = 0, where inpainting's ``result`` puts the known part back exactly.
+    sigma = 0, where inpainting's ``result`` puts the known part back exactly. A state wrapped in
+    :class:`Kept` (``sample(..., keep=...)``) runs the last row on its inner state (the final state
+    is kept by the caller).
     """
 
     def drive(step, state, plan, *, backend, key=None, noise_shape=None, sample_ids=None, progress=None, args=None):
@@ -122,9 +125,13 @@ def _split_drive(final_step: Callable[..., Any]) -> Callable[..., Any]:
             )
         tail = tuple(p[n - 1 :] for p in plan)
         tail_key = None if noise_shape is None else bk.fold_in(key, n - 1)
+        kept = state if isinstance(state, Kept) else None  # kept states: the caller records the final one
         state = bk.loop(
-            final_step, state, tail, key=tail_key, noise_shape=noise_shape, sample_ids=sample_ids, args=args
+            final_step, state if kept is None else kept.state, tail, key=tail_key, noise_shape=noise_shape,
+            sample_ids=sample_ids, args=args,
         )
+        if kept is not None:
+            state = kept._replace(state=state)
         if progress is not None:
             progress(n, n)
         return state
