@@ -137,3 +137,45 @@ def test_killed_process_fails_the_job_quickly_and_the_checkpoint_loads(jobs):
     assert "ProcessFailure" in log0 and "another process has probably died" in log0, log0[-3000:]
     ckpt = load_checkpoint(latest_checkpoint(jobs["dir"] / "run"))
     assert int(ckpt.state["step"]) >= 3 and ckpt.params and ckpt.optimizer
+
+
+# in-process checks of the arguments (nothing compiled) ---------------------------------------
+def test_init_world_without_a_job_is_local_and_checks_its_arguments(monkeypatch):
+    from diffcore.distributed import LOCAL
+    from diffcore_jax.distributed import init_world
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert init_world() is LOCAL
+    assert __import__("diffcore").backend("jax").world() is LOCAL
+    with pytest.raises(ValueError, match="num_processes = 2 needs coordinator"):
+        init_world(num_processes=2)
+    with pytest.raises(ValueError, match="heartbeat_timeout must be a positive whole number"):
+        init_world(heartbeat_timeout=0)
+    with pytest.raises(ValueError, match="process_id = 2 must be < num_processes = 2"):
+        init_world("localhost:1", 2, 2)
+
+
+def test_trainer_mesh_argument():
+    import jax
+    from flax import nnx
+    from jax.sharding import AxisType
+
+    import diffcore
+    from diffcore.networks import MLPConfig
+    from diffcore.training import OptimizerConfig
+    from diffcore_jax import networks as jnet
+
+    bk = diffcore.backend("jax")
+    net = jnet.MLP(MLPConfig(hidden_dim=8, num_layers=1), rngs=nnx.Rngs(0))
+    opt = OptimizerConfig(lr=1e-3)
+    with pytest.raises(ValueError, match="mesh must be None, 'auto' or a jax.sharding.Mesh; got 'all'"):
+        bk.trainer(net, opt, mesh="all")
+    with pytest.raises(TypeError, match="mesh must be None, 'auto' or a jax.sharding.Mesh; got int"):
+        bk.trainer(net, opt, mesh=2)
+    with pytest.raises(ValueError, match="mesh must have an axis named 'data'"):
+        bk.trainer(net, opt, mesh=jax.make_mesh((1,), ("batch",)))
+    explicit = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
+    tr = bk.trainer(net, opt, mesh=explicit)
+    assert tr.mesh.axis_types == (AxisType.Auto,) and tr.world is None
+    assert bk.trainer(net, opt).mesh is None
