@@ -59,11 +59,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=256)
     a = ap.parse_args()
-    print(f"CPU cores {os.cpu_count()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+    print(f"CPU cores {os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), load {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}; batch {a.batch} (one micro-batch), MLP hidden {a.hidden}, "
           f"{a.steps} steps; XLA's CPU thread pool per process = the cores it sees", flush=True)
     common = ["--steps", str(a.steps), "--batch", str(a.batch), "--micro", str(a.batch), "--hidden", str(a.hidden),
-              "--no-eval"]
+              "--no-eval", "--full-opt", "--data-n", str(max(4 * a.batch, 64))]
     run("1 process, 1 device", [(common + ["--mesh", "none"], 1)])
     run("1 process, 2-device mesh", [(common + ["--mesh", "auto"], 2)])
     with socket.socket() as s:

@@ -34,7 +34,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--data-n", type=int, default=64)
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--full-opt", action="store_true", help="XLA's default optimisation (slower compile)")
     a = ap.parse_args()
 
     import numpy as np
@@ -58,12 +60,12 @@ def main() -> int:
     print(f"TIME start {time.perf_counter() - T0:.2f} rank {world.rank}/{world.size} devices {jax.devices()}",
           flush=True)
     sde = VPSDE(N=100)
-    data = load_dataset("two_moons", n=64, held_out=0)
+    data = load_dataset("two_moons", n=a.data_n, held_out=0)
     fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     out = {}
 
     def progress(done, total, info):
-        print(f"TIME step {done} {time.perf_counter() - T0:.2f} loss {info['loss']:.6f}", flush=True)
+        print(f"TIME step {done} {time.perf_counter() - T0:.4f} loss {info['loss']:.6f}", flush=True)
         if a.kill_at is not None and world.rank == 1 and done == a.kill_at:
             with open(a.out + ".died", "w") as f:
                 f.write(repr(time.time()))
@@ -77,7 +79,8 @@ def main() -> int:
     meshes = a.mesh.split(",")
     for i, mesh in enumerate(meshes):
         net = jnet.MLP(MLPConfig(hidden_dim=a.hidden, num_layers=2, dropout=0.1), rngs=nnx.Rngs(0))
-        trainer = bk.trainer(net, OptimizerConfig(lr=1e-2, weight_decay=0.01), compiler_options=fast,
+        trainer = bk.trainer(net, OptimizerConfig(lr=1e-2, weight_decay=0.01),
+                             compiler_options=None if a.full_opt else fast,
                              mesh=None if mesh == "none" else mesh)
         t = time.perf_counter()
         result = train(trainer, ScoreLoss(sde), data, config(a.steps), a.run_dir, progress=progress)

@@ -44,7 +44,10 @@ def _env(devices: int) -> dict:
            if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
     paths = [str(ROOT), str(ROOT / "backends" / "diffcore_jax"), str(ROOT / "backends" / "diffcore_torch")]
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # XLA's cheap CPU compilation (as the trainer's compiler_options in the worker) for the
+    # samplers and solvers too: compiling is most of these tests' time
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true")
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -105,8 +108,8 @@ def test_two_devices_in_one_process_train_as_one_device(jobs):
     one = _load(jobs["dir"] / "one.npz")
     _same_state(one, one, "auto:")
     assert int(one["optimizer/step"]) == 3
-    # the step changed the weights (the comparison is not of two untouched initialisations)
-    assert not np.allclose(one["params/" + _state_keys(one)[-1].split("/", 1)[1]], 0) or True
+    moments = [v for k, v in one.items() if k.startswith("optimizer/exp_avg/")]
+    assert max(float(np.abs(m).max()) for m in moments) > 0  # gradients flowed: not two untouched states
     assert "DIVISIBILITY-ERROR:" in jobs["log"]["one"] and "multiple of the 2 devices" in jobs["log"]["one"]
 
 
