@@ -286,14 +286,27 @@ class JaxBackend:
         graphdef, state = nnx.split(model)
         return _NnxApply(graphdef), state, ("nnx", graphdef)
 
-    def trainer(self, network: Any, optimizer: Any, *, ema: bool = True, compiler_options: Any = None) -> Any:
+    def trainer(
+        self, network: Any, optimizer: Any, *, ema: bool = True, compiler_options: Any = None, mesh: Any = None
+    ) -> Any:
         """A :class:`diffcore_jax.training.JaxTrainer` for an nnx ``UNet2D`` / ``MLP``
         (``diffcore_jax.networks``) with ``optimizer`` (a ``diffcore.training.OptimizerConfig``):
         optax AdamW, one jitted step per objective, EMA of the weights with ``ema``;
-        ``compiler_options`` go to ``jax.jit``."""
+        ``compiler_options`` go to ``jax.jit``; ``mesh`` (None, "auto" or a ``jax.sharding.Mesh``
+        with a "data" axis): data parallelism over its devices (see ``JaxTrainer``)."""
         from .training import JaxTrainer
 
-        return JaxTrainer(self, network, optimizer, ema=ema, compiler_options=compiler_options)
+        return JaxTrainer(self, network, optimizer, ema=ema, compiler_options=compiler_options, mesh=mesh)
+
+    def world(self, coordinator: str | None = None, num_processes: int | None = None,
+              process_id: int | None = None, **options: Any) -> Any:
+        """This process's ``diffcore.distributed.World``: joins a ``jax.distributed`` job when
+        ``coordinator`` is given or a launcher's environment names one (``JAX_COORDINATOR_ADDRESS``,
+        SLURM, Open MPI), else ``LOCAL``; see :func:`diffcore_jax.distributed.init_world` (options:
+        ``heartbeat_timeout``, ``shutdown_timeout``, ``initialization_timeout``, ``local_device_ids``)."""
+        from .distributed import init_world
+
+        return init_world(coordinator, num_processes, process_id, **options)
 
     def network(self, config: Any, *, seed: int = 0, weights: Any = None, device: Any = None) -> Any:
         """The diffcore nnx network for a ``UNetConfig`` / ``MLPConfig``: initialised from ``seed``,

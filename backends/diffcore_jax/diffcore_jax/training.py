@@ -27,13 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from diffcore.networks import MLPConfig, UNetConfig, check_weights, from_nnx, layout, nnx_path, to_nnx
 from diffcore.training import DROPOUT, Batch, LossOut, OptimizerConfig, StepOut
 
 from .networks import FrozenParam
 
-__all__ = ["JaxTrainer"]
+__all__ = ["JaxTrainer", "DATA_AXIS"]
+
+#: the mesh axis the batch is split along
+DATA_AXIS = "data"
 
 
 def _paths(tree: Any) -> list[tuple]:
@@ -72,10 +76,50 @@ def _adamw(optimizer: OptimizerConfig) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=16)
-def _step_function(graphdef: Any, optimizer: OptimizerConfig, backend: Any, compiler_options: tuple) -> Any:
-    """The jitted step of a network structure and optimizer (objective static, the rest traced)."""
-    step = functools.partial(_train_step, graphdef, _adamw(optimizer), backend, optimizer.precision == "bf16")
+def _step_function(graphdef: Any, optimizer: OptimizerConfig, backend: Any, compiler_options: tuple,
+                   mesh: Any = None) -> Any:
+    """The jitted step of a network structure, optimizer and mesh (objective static, the rest traced).
+
+    With a mesh, the inputs arrive sharded (the batch along "data", the rest replicated) and jit's
+    SPMD partitioner splits the computation over the devices, inserting the gradient all-reduce."""
+    step = functools.partial(_train_step, graphdef, _adamw(optimizer), backend, optimizer.precision == "bf16", mesh)
     return jax.jit(step, static_argnums=0, compiler_options=dict(compiler_options) or None)
+
+
+def _mesh_of(mesh: Any) -> Any:
+    """None, or a ``jax.sharding.Mesh`` with a "data" axis and automatic (GSPMD) axis types."""
+    from jax.sharding import AxisType, Mesh
+
+    if mesh is None:
+        return None
+    if isinstance(mesh, str):
+        if mesh != "auto":
+            raise ValueError(f"mesh must be None, 'auto' or a jax.sharding.Mesh; got {mesh!r}")
+        # every device of every process, one "data" axis (jax.devices() lists them process by process)
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be None, 'auto' or a jax.sharding.Mesh; got {type(mesh).__name__}")
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must have an axis named {DATA_AXIS!r} (the batch is split along it); got axes {mesh.axis_names}"
+        )
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+        # jax.make_mesh makes Explicit axes by default; the step is written for sharding
+        # propagation (the batch sharded, everything else replicated), so use the same devices
+        # with Auto axes
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return mesh
+
+
+def _local(tree: Any) -> Any:
+    """A tree of replicated arrays as single-device arrays on this process's first device of each."""
+
+    def one(a):
+        if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
+            return a.addressable_data(0)
+        return a
+
+    return jax.tree.map(one, tree)
 
 
 def _same_shapes(batches: Sequence[Batch]) -> bool:
@@ -85,7 +129,7 @@ def _same_shapes(batches: Sequence[Batch]) -> bool:
     return all(jax.tree.structure(b) == first and sig(b) == sig(batches[0]) for b in batches[1:])
 
 
-def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state, ema, batches, global_batch, lr,
+def _train_step(graphdef, tx, backend, bf16, mesh, objective, params, rest, opt_state, ema, batches, global_batch, lr,
                 clip_norm, ema_decay):
     """One step (traced once per objective and structure): see :meth:`JaxTrainer.step`."""
 
@@ -127,6 +171,7 @@ def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state,
         grads, (loss, raw, t) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), stacked)
         loss, raw = loss.reshape(-1), raw.reshape(-1)
         t = None if t is None else t.reshape(-1)
+        ids = stacked.ids.reshape(-1)
     else:
         grads, outs = None, []
         for batch in batches:  # a static count, unrolled
@@ -136,6 +181,7 @@ def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state,
         loss = jnp.concatenate([o.loss for o in outs])
         raw = jnp.concatenate([o.raw for o in outs])
         t = None if outs[0].t is None else jnp.concatenate([o.t for o in outs])
+        ids = jnp.concatenate([b.ids for b in batches])
     norm = optax.tree.norm(grads)
     finite = jnp.logical_and(jnp.isfinite(norm), jnp.all(jnp.isfinite(loss)))
     if clip_norm is not None:
@@ -150,7 +196,10 @@ def _train_step(graphdef, tx, backend, bf16, objective, params, rest, opt_state,
             lambda e, p: ema_decay.astype(e.dtype) * e + (1 - ema_decay).astype(e.dtype) * p, ema, new_params
         )
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema), (loss, raw, t, norm, finite)
+    out = keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema), (loss, raw, t, ids, norm, finite)
+    if mesh is not None:  # everything replicated: each process reads any example's values locally
+        out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, PartitionSpec()))
+    return out
 
 
 class JaxTrainer:
@@ -163,11 +212,23 @@ class JaxTrainer:
     cast back to float32 (the loss in float32), gradients, update and EMA in float32.
     ``compiler_options``: XLA options for the step's compilation (``jax.jit(compiler_options=)``;
     e.g. ``{"xla_backend_optimization_level": 0}`` compiles a CPU step in about half the time).
+
+    ``mesh``: data parallelism on JAX's own machinery. None: one device (the default device).
+    A ``jax.sharding.Mesh`` with a "data" axis (``jax.make_mesh((n,), ("data",))``), or "auto"
+    (every device of every process on one "data" axis): parameters, optimizer state and EMA
+    replicated, each micro-batch (x0, ids, cond) split along "data"; the jitted step is
+    partitioned by XLA (SPMD), which inserts the all-reduce of the gradient. Each micro-batch
+    must divide by the number of this process's devices on the mesh. Every draw is keyed by the
+    example's global id, so the step is the same on any number of devices (to float rounding).
+    In a ``jax.distributed`` job (``jax.process_count() > 1``) the mesh defaults to "auto",
+    :attr:`world` is the job's ``diffcore_jax.distributed.JaxWorld``, each process passes its own
+    examples (global ids), the global batch is assembled with
+    ``jax.make_array_from_process_local_data``, and :meth:`step` returns its own examples' values.
     """
 
     def __init__(
         self, backend: Any, network: Any, optimizer: OptimizerConfig, *, ema: bool = True,
-        compiler_options: Mapping[str, Any] | None = None,
+        compiler_options: Mapping[str, Any] | None = None, mesh: Any = None,
     ) -> None:
         config = getattr(network, "config", None)
         if not isinstance(network, nnx.Module) or not isinstance(config, (UNetConfig, MLPConfig)):
@@ -190,7 +251,25 @@ class JaxTrainer:
         if compiler_options is not None and not isinstance(compiler_options, Mapping):
             raise TypeError(f"compiler_options must be a mapping of XLA options or None; got {compiler_options!r}")
         options = tuple(sorted((compiler_options or {}).items()))
-        self._step = _step_function(self._graphdef, optimizer, backend, options)
+        self.world = None
+        if jax.process_count() > 1:
+            from .distributed import JaxWorld
+
+            self.world = JaxWorld()
+            mesh = "auto" if mesh is None else mesh
+        self.mesh = _mesh_of(mesh)
+        if self.mesh is not None:
+            local = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+            if not local:
+                raise ValueError(f"mesh has none of this process's devices ({jax.local_devices()}); mesh: {self.mesh}")
+            self._replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._sharded = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+            # how many parts of each process's examples its devices hold along "data"
+            self._local_parts = len({idx[0].start for idx in
+                                     self._sharded.addressable_devices_indices_map((self.mesh.shape[DATA_AXIS],)).values()})
+            self._params, self._rest, self._opt_state = self._replicate((self._params, self._rest, self._opt_state))
+            self._ema = self._params if ema else None
+        self._step = _step_function(self._graphdef, optimizer, backend, options, self.mesh)
         entries = {nnx_path(e): e for e in layout(self.config)}
         self._param_entries = [entries[p] for p in _paths(self._params)]  # the trained ones, leaf order
         self._rest_entries = [entries.get(p) for p in _paths(self._rest)]
@@ -206,7 +285,7 @@ class JaxTrainer:
     def network(self) -> Any:
         """The module given, holding the current weights."""
         if not self._synced:
-            nnx.update(self._network, self._params, self._rest)
+            nnx.update(self._network, *_local((self._params, self._rest)))
             self._synced = True
         return self._network
 
@@ -238,25 +317,46 @@ class JaxTrainer:
         for i, b in enumerate(batches):
             if not isinstance(b, Batch):
                 raise TypeError(f"batches[{i}] must be a diffcore.training.Batch; got {type(b).__name__}")
+        batches_in = batches
         if isinstance(global_batch, bool) or not isinstance(global_batch, (int, np.integer)) or global_batch < 1:
             raise ValueError(f"global_batch must be a positive integer; got {global_batch!r}")
         lr = _check_number(lr, "lr", low=0.0, low_open=False)
         if clip_norm is not None:
-            clip_norm = jnp.asarray(_check_number(clip_norm, "clip_norm", low=0.0), jnp.float32)
+            clip_norm = _check_number(clip_norm, "clip_norm", low=0.0)
         if ema_decay is not None:
             if self._ema is None:
                 raise ValueError(f"ema_decay={ema_decay!r}: this trainer keeps no EMA (made with ema=False); pass None")
             ema_decay = _check_number(ema_decay, "ema_decay", low=0.0, high=1.0, low_open=False)
-            ema_decay = jnp.asarray(ema_decay, jnp.float32)
-        batches = tuple(Batch(*(None if a is None else jnp.asarray(a) for a in b)) for b in batches)
-        self._params, self._opt_state, self._ema, out = self._step(
-            objective, self._params, self._rest, self._opt_state, self._ema, batches,
-            jnp.asarray(global_batch, jnp.float32), jnp.asarray(lr, jnp.float32), clip_norm, ema_decay,
-        )
-        self._synced = False
-        loss, raw, t, norm, finite = jax.device_get(out)  # the step's one host transfer
-        t = None if t is None else np.asarray(t)
-        return StepOut(np.asarray(loss), np.asarray(raw), t, float(norm), bool(finite))
+        scalar = (lambda v: np.asarray(v, np.float32)) if self.mesh is not None else (lambda v: jnp.asarray(v, jnp.float32))  # noqa: E731
+        if clip_norm is not None:
+            clip_norm = scalar(clip_norm)
+        if ema_decay is not None:
+            ema_decay = scalar(ema_decay)
+        if self.mesh is None:
+            batches = tuple(Batch(*(None if a is None else jnp.asarray(a) for a in b)) for b in batches)
+        else:
+            batches = tuple(self._place(b, i) for i, b in enumerate(batches))
+        try:
+            self._params, self._opt_state, self._ema, out = self._step(
+                objective, self._params, self._rest, self._opt_state, self._ema, batches,
+                scalar(global_batch), scalar(lr), clip_norm, ema_decay,
+            )
+            self._synced = False
+            loss, raw, t, ids, norm, finite = jax.device_get(_local(out))  # the step's one host transfer
+        except Exception as err:
+            if self.world is not None:
+                from .distributed import failure, is_runtime_failure
+
+                if is_runtime_failure(err):
+                    raise failure(self.world.rank, self.world.size, "the training step", err) from err
+            raise
+        loss, raw, t = np.asarray(loss), np.asarray(raw), None if t is None else np.asarray(t)
+        if self.world is not None:  # the global batch's values: keep this process's examples, in its order
+            mine = np.concatenate([np.asarray(b.ids).reshape(-1) for b in batches_in])
+            order = np.argsort(ids, kind="stable")
+            where = order[np.searchsorted(ids[order], mine)]
+            loss, raw, t = loss[where], raw[where], None if t is None else t[where]
+        return StepOut(loss, raw, t, float(norm), bool(finite))
 
     def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """{"params", "ema" (when kept), "optimizer"}: NumPy arrays in the portable layout
@@ -329,15 +429,53 @@ class JaxTrainer:
         self._params, self._rest = new_params, new_rest
         if ema is not None:
             self._ema = self._from_portable(self._ema, self._param_entries, ema)
+        if self.mesh is not None:
+            self._params, self._rest, self._opt_state, self._ema = self._replicate(
+                (self._params, self._rest, self._opt_state, self._ema))
         self._synced = False
 
     def ema_network(self) -> Any:
         """A new nnx module of the network's class holding the EMA weights."""
         if self._ema is None:
             raise ValueError("ema_network(): this trainer keeps no EMA (made with ema=False)")
-        return nnx.merge(self._graphdef, self._ema, self._rest)
+        return nnx.merge(self._graphdef, *_local((self._ema, self._rest)))
 
     # helpers ------------------------------------------------------------------------------------
+    def _replicate(self, tree: Any) -> Any:
+        """The tree's arrays replicated over the mesh (every process holds the same values)."""
+
+        def one(a):
+            if not isinstance(a, (jax.Array, np.ndarray, np.generic)):
+                return a
+            host = a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(jax.device_get(_local(a)))
+            return jax.make_array_from_callback(host.shape, self._replicated, lambda idx: host[idx])
+
+        return jax.tree.map(one, tree)
+
+    def _place(self, batch: Batch, i: int) -> Batch:
+        """A micro-batch on the mesh: x0, ids, cond split along "data" (this process's examples
+        are its part of the global micro-batch), key and t_probs replicated."""
+        n = np.shape(batch.ids)[0] if batch.ids is not None else np.shape(batch.x0)[0]
+        if n % self._local_parts:
+            raise ValueError(
+                f"batches[{i}] has {n} examples on this process; with a mesh it must be a multiple of the "
+                f"{self._local_parts} devices this process has on the mesh's {DATA_AXIS!r} axis (choose "
+                "batch_size / micro_batch_size accordingly)"
+            )
+        procs = jax.process_count() if self.world is not None else 1
+
+        def shard(a):
+            if a is None:
+                return None
+            a = np.asarray(jax.device_get(a))
+            return jax.make_array_from_process_local_data(self._sharded, a, (a.shape[0] * procs,) + a.shape[1:])
+
+        fields = batch._asdict()
+        out = {k: shard(fields[k]) for k in ("x0", "ids", "cond")}
+        out["key"] = self._replicate(jnp.asarray(batch.key) if not isinstance(batch.key, jax.Array) else batch.key)
+        out["t_probs"] = None if batch.t_probs is None else self._replicate(np.asarray(jax.device_get(batch.t_probs)))
+        return Batch(**out)
+
     def _adam_state(self) -> Any:
         adam = self._opt_state.inner_state[0]
         if not isinstance(adam, optax.ScaleByAdamState):  # optax changed adamw's chain: a bug here
