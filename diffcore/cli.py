@@ -273,7 +273,7 @@ def _default_run_dir(config: Mapping[str, Any]) -> Path:
 def _open_run(args: argparse.Namespace, command: str, *, create: bool) -> Run:
     layers = _config_layers(args, command)
     stored = None
-    if args.run:
+    if args.run and not (command == "train" and getattr(args, "force", False)):  # --force: start afresh
         path = Path(args.run)
         if (path / "config.json").is_file():
             stored = json.loads((path / "config.json").read_text())
@@ -307,8 +307,25 @@ def _make_backend(config: Mapping[str, Any]) -> Any:
         raise UsageError(f"backend {config['backend']!r} is not installed: {e}") from None
 
 
-def _device(bk: Any, config: Mapping[str, Any]) -> Any:
+def _device(bk: Any, config: Mapping[str, Any], world: Any = None) -> Any:
+    """The configured device; in a torchrun job without one, the rank's own (cuda:LOCAL_RANK)."""
+    if not config["device"] and getattr(world, "device", None) is not None:
+        return world.device
     return bk.device(config["device"] or None)
+
+
+_WORLDS: dict[str, Any] = {}
+
+
+def _world(bk: Any, config: Mapping[str, Any]) -> Any:
+    """This process's :class:`diffcore.distributed.World`, joined once per process: the torchrun or
+    ``jax.distributed`` job it was launched in (from the launcher's environment), else one process."""
+    from .distributed import LOCAL
+
+    if bk.name not in _WORLDS:
+        make = getattr(bk, "world", None)
+        _WORLDS[bk.name] = LOCAL if make is None else make(device=bk.device(config["device"] or None) if config["device"] else None)
+    return _WORLDS[bk.name]
 
 
 # ------------------------------------------------------------------------------ train
@@ -317,11 +334,17 @@ def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None
     from .training import train
 
     if run is None:
-        if args.run and getattr(args, "force", False) and Path(args.run).exists():
-            shutil.rmtree(args.run)
         run = _open_run(args, "train", create=True)
     config = run.config
-    run.path.mkdir(parents=True, exist_ok=True)
+    bk = _make_backend(config)
+    world = _world(bk, config)
+    if world.rank != 0:  # rank 0 alone reports and writes
+        console = Console(quiet=True)
+    if world.rank == 0:
+        if getattr(args, "force", False) and run.path.exists():
+            shutil.rmtree(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+    world.barrier()
     ds = run.dataset()
     process = run.process()
     net_config = run.network_config()
@@ -331,16 +354,25 @@ def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None
         ocfg = recipes.optimizer_config(config)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
-    bk = _make_backend(config)
-    device = _device(bk, config)
+    device = _device(bk, config, world)
     net = bk.network(net_config, seed=config["seed"], device=device)
-    trainer = bk.trainer(net, ocfg)
-    _write_json(run.path / "config.json", config)
+    # several processes: torch reduces gradients with DDP over the world; JAX builds global arrays
+    # over every process's devices (and, in one process with several devices, shards the batch
+    # over them: a device mesh)
+    if world.size > 1 and bk.name == "torch":
+        trainer = bk.trainer(net, ocfg, world=world)
+    elif bk.name == "jax" and not config["device"] and len(bk.devices()) > 1:
+        trainer = bk.trainer(net, ocfg, mesh="auto")
+    else:
+        trainer = bk.trainer(net, ocfg)
+    if world.rank == 0:
+        _write_json(run.path / "config.json", config)
     resumed = checkpoints.latest_checkpoint(run.path)
     console.say(
         f"diffcore train: {config['model']['family']} ({recipes.loss_of(config)}) on {ds.name} {ds.shape} x {len(ds)}, "
         f"{type(net_config).__name__} ({_param_count(net_config):,} parameters), backend {config['backend']}, "
         f"run {run.path}" + (f" (resuming {resumed.name})" if resumed else "")
+        + (f", {world.size} processes" if world.size > 1 else "")
     )
     budget = config["train"]["time_budget"]
     t0 = time.perf_counter()
@@ -361,6 +393,10 @@ def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
+    summary = {"steps": result.step, "interrupted": result.interrupted, "seconds": seconds,
+               "checkpoint": str(result.checkpoint), "final_loss": result.losses[-1] if result.losses else None}
+    if world.rank != 0:
+        return summary
     pictures = {}
     try:
         from . import plots
@@ -368,9 +404,7 @@ def cmd_train(args: argparse.Namespace, console: Console, run: Run | None = None
         pictures["loss_curve"] = str(plots.loss_curve(run.path / "metrics.jsonl", run.pictures / "loss.png"))
     except Exception as e:  # a picture must never lose a trained model
         console.say(f"(no loss picture: {e})")
-    summary = {"steps": result.step, "interrupted": result.interrupted, "seconds": seconds,
-               "checkpoint": str(result.checkpoint), "final_loss": result.losses[-1] if result.losses else None,
-               "pictures": pictures}
+    summary["pictures"] = pictures
     _write_json(run.path / "summary.json", summary)
     if result.interrupted:
         console.say(f"interrupted at step {result.step}: checkpoint {result.checkpoint}; run the same command to resume")
@@ -395,7 +429,8 @@ def _load_model(run: Run, *, ema: bool = True) -> tuple[Any, Any, Any]:
     ckpt = checkpoints.load_checkpoint(ckpt_path)
     bk = _make_backend(run.config)
     weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.params
-    net = bk.network(ckpt.network_config, seed=run.config["seed"], weights=weights, device=_device(bk, run.config))
+    net = bk.network(ckpt.network_config, seed=run.config["seed"], weights=weights,
+                     device=_device(bk, run.config, _world(bk, run.config)))
     if run.config["backend"] == "torch":
         net.eval()
     return bk, net, ckpt
@@ -447,11 +482,25 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
                  console: Console | None = None, mask: Any = None, known: Any = None, basis: Any = None,
                  cond: Any = None, trajectory: int = 0) -> tuple[np.ndarray, int, float, Any]:
     """(samples, NFE, seconds, trajectory): ``trajectory`` T > 0 keeps x at T numbers of steps
-    evenly spaced from x_T to the samples (:class:`diffcore.samplers.Trajectory`, NumPy), else None."""
+    evenly spaced from x_T to the samples (:class:`diffcore.samplers.Trajectory`, NumPy), else None.
+
+    Sample i is drawn with ``sample_ids`` i, so it is the same however many processes drew the n:
+    in a torchrun / jax.distributed job each rank draws its block (:func:`diffcore.distributed.shard`)
+    and the blocks are gathered in order after the loop (no collective inside it); the trajectory
+    is the first rank's."""
+    from .distributed import gather_rows, shard
     from .samplers import build, sample
 
     process = run.process()
-    shape = (n, *run.dataset().shape)
+    world = _world(bk, run.config)
+    if n < world.size:
+        raise UsageError(f"sample.n = {n} is smaller than the number of processes ({world.size})")
+    ids = shard(n, world)
+    rows_of = slice(ids.start, ids.stop)
+    mask, known, cond = (None if a is None else a[rows_of] for a in (mask, known, cond))
+    shape = (len(ids), *run.dataset().shape)
+    device = _device(bk, run.config, world)
+    sample_ids = bk.xp.asarray(np.arange(ids.start, ids.stop, dtype=np.int64), device=device)
     opts = dict(options)
     opts.setdefault("prediction", recipes.prediction_of(run.config))
     keep = None
@@ -473,7 +522,7 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
     try:
         with bk.inference():
             out = sample(name, net, process, shape, backend=bk, seed=seed, mask=mask, known=known, basis=basis,
-                         cond=cond, progress=progress, keep=keep, device=_device(bk, run.config), **opts)
+                         cond=cond, progress=progress, keep=keep, device=device, sample_ids=sample_ids, **opts)
     except TypeError as e:
         raise UsageError(str(e)) from None
     finally:
@@ -483,7 +532,7 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
     kept = None
     if out.trajectory is not None:
         kept = out.trajectory._replace(x=_to_numpy(out.trajectory.x))
-    return _to_numpy(out.x), int(out.nfe), seconds, kept
+    return gather_rows(world, _to_numpy(out.x), n), int(out.nfe), seconds, kept
 
 
 def _picture(run: Run, samples: np.ndarray, stem: str) -> str:
@@ -530,6 +579,8 @@ def cmd_sample(args: argparse.Namespace, console: Console, run: Run | None = Non
     x, nfe, seconds, kept = draw_samples(run, bk, net, name, options, n, seed=run.config["seed"], console=console,
                                          mask=mask, known=known, basis=basis, cond=cond,
                                          trajectory=8 if getattr(args, "trajectory", False) else 0)
+    if _world(bk, run.config).rank != 0:  # rank 0 alone measures, draws and writes
+        return {"sampler": name, "NFE": nfe, "seconds": seconds}
     if classes is not None and guidance:
         nfe *= 2  # the guided model calls the network twice (conditional and unconditional)
     stem = f"samples-{name}" + (f"-inpaint-{args.inpaint}" if getattr(args, "inpaint", None) else "")
@@ -667,7 +718,17 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
     if ds.levels is not None:
         x = np.asarray(dequantize(x, rng.random(x.shape), ds.levels))
         offset = bits_per_dim_offset(ds.levels)
-    xb = xp.asarray(x.astype(np.float32))
+    from .distributed import gather_rows, shard
+
+    world = _world(bk, run.config)
+    if len(x) < world.size:
+        raise UsageError(f"nll.examples = {len(x)} is smaller than the number of processes ({world.size})")
+    ids = shard(len(x), world)  # each rank its block; probes keyed by the global example: any rank count
+    device = _device(bk, run.config, world)
+    xb = xp.asarray(x[ids.start : ids.stop].astype(np.float32), device=device)
+    sample_ids = xp.asarray(np.arange(ids.start, ids.stop, dtype=np.int64), device=device)
+    if world.rank != 0:
+        console = Console(quiet=True)
     method = c["method"]
     bar = console.bar(1, f"nll {method}")
 
@@ -686,7 +747,8 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
         if method == "vlb":
             if not getattr(process, "discrete", False):
                 raise UsageError(f"nll.method 'vlb' needs a discrete family (ddpm, iddpm); this run is {run.config['model']['family']!r}")
-            res = vlb_bpd(net, process, xb, backend=bk, seed=run.config["seed"], decoder="gaussian", progress=progress)
+            res = vlb_bpd(net, process, xb, backend=bk, seed=run.config["seed"], decoder="gaussian", progress=progress,
+                          sample_ids=sample_ids)
         else:
             if getattr(process, "discrete", False):
                 raise UsageError(
@@ -695,13 +757,16 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
                 )
             res = ode_likelihood(net, process, xb, backend=bk, prediction=recipes.prediction_of(run.config),
                                  divergence=c["trace"], seed=run.config["seed"], rtol=c["rtol"], atol=c["atol"],
-                                 progress=progress)
+                                 progress=progress, sample_ids=sample_ids)
     seconds = time.perf_counter() - t0
-    bpd = _to_numpy(res.bpd) + offset
-    nfe = np.asarray(_to_numpy(res.nfe)).mean()
+    bpd = gather_rows(world, _to_numpy(res.bpd).reshape(-1), len(x)) + offset
+    nfe = np.asarray(_to_numpy(res.nfe), dtype=np.float64).reshape(-1)
+    nfe = (gather_rows(world, nfe, len(x)) if nfe.size == len(ids) and nfe.size > 1 else nfe).mean()
     row = {"method": method, "examples": int(x.shape[0]), "bits/dim": float(bpd.mean()),
            "stderr": float(bpd.std(ddof=1) / math.sqrt(len(bpd))) if len(bpd) > 1 else None,
            "levels": ds.levels, "NFE": float(nfe), "seconds": seconds}
+    if world.rank != 0:
+        return row
     summary_path = run.path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.setdefault("nll", {})[method] = row
@@ -822,6 +887,9 @@ def cmd_info(args: argparse.Namespace, console: Console) -> dict:
 # ------------------------------------------------------------------------------ entry point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # a launcher's separator passed through (torchrun ... -m diffcore -- train ...)
+        argv = argv[1:]
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -496,6 +496,13 @@ def train(
                 sampler.load_state_dict(dict(ckpt.history))
         if writer:
             _rewrite_metrics(run_path / "metrics.jsonl", start)
+    if world.size > 1:  # a rank that cannot see the run directory would silently start afresh
+        starts = world.all_gather(np.asarray([start], dtype=np.int64)).tolist()
+        if len(set(starts)) > 1:
+            raise RuntimeError(
+                f"the processes resume from different steps {starts} (rank order): every rank must see the same "
+                f"run directory {run_path} (a shared file system)"
+            )
 
     device = getattr(trainer, "device", None)
     micro = config.micro_batches
@@ -563,11 +570,11 @@ def train(
                     raise NonFiniteError(
                         f"training stopped at step {step}: {err}; the step was not applied{where}"
                     ) from err
-                if world.size > 1:  # every rank's examples, in global-batch order
-                    out = out._replace(
-                        loss=world.all_gather(np.asarray(out.loss)), raw=world.all_gather(np.asarray(out.raw)),
-                        t=None if out.t is None else world.all_gather(np.asarray(out.t)),
-                    )
+                if world.size > 1:  # every rank's examples, in global-batch order: one gather
+                    cols = [np.asarray(c) for c in (out.loss, out.raw, out.t) if c is not None]
+                    both = world.all_gather(np.stack([c.astype(np.float64) for c in cols], axis=1))  # exact
+                    loss_, raw_, *t_ = (both[:, j].astype(c.dtype) for j, c in enumerate(cols))
+                    out = out._replace(loss=loss_, raw=raw_, t=t_[0] if t_ else None)
                 loss = float(np.mean(out.loss))
                 if not out.applied:
                     raise NonFiniteError(
@@ -599,16 +606,14 @@ def train(
                     progress(done, config.steps, info)
                 if config.checkpoint_every is not None and done % config.checkpoint_every == 0 and done < end:
                     last_ckpt = save(done)
-                asked = interrupt.requested
-                if world.size > 1:  # all ranks stop after the same step
-                    asked = world.any(asked)
+                asked, timed_out = interrupt.requested, stop is not None and stop()
+                if world.size > 1:  # all ranks stop after the same step: one agreement for both
+                    flags = world.all_gather(np.asarray([[asked, timed_out]], dtype=np.int64))
+                    asked, timed_out = bool(flags[:, 0].any()), bool(flags[:, 1].any())
                 if asked:
                     interrupted = True
                     end = done
                     break
-                timed_out = stop is not None and stop()
-                if world.size > 1:
-                    timed_out = world.any(timed_out)
                 if timed_out:
                     end = done
                     break

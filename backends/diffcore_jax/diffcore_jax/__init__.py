@@ -299,13 +299,17 @@ class JaxBackend:
         return JaxTrainer(self, network, optimizer, ema=ema, compiler_options=compiler_options, mesh=mesh)
 
     def world(self, coordinator: str | None = None, num_processes: int | None = None,
-              process_id: int | None = None, **options: Any) -> Any:
+              process_id: int | None = None, *, device: Any = None, **options: Any) -> Any:
         """This process's ``diffcore.distributed.World``: joins a ``jax.distributed`` job when
         ``coordinator`` is given or a launcher's environment names one (``JAX_COORDINATOR_ADDRESS``,
         SLURM, Open MPI), else ``LOCAL``; see :func:`diffcore_jax.distributed.init_world` (options:
-        ``heartbeat_timeout``, ``shutdown_timeout``, ``initialization_timeout``, ``local_device_ids``)."""
+        ``heartbeat_timeout``, ``shutdown_timeout``, ``initialization_timeout``, ``local_device_ids``).
+        ``device`` is accepted as the torch backend's is, and checked; a JAX process computes on its
+        local devices (a mesh over all processes' devices in training)."""
         from .distributed import init_world
 
+        if device is not None:
+            self.device(device)
         return init_world(coordinator, num_processes, process_id, **options)
 
     def network(self, config: Any, *, seed: int = 0, weights: Any = None, device: Any = None) -> Any:
