@@ -449,6 +449,8 @@ def _quality(run: Run, samples: np.ndarray) -> dict[str, Any]:
     ds = run.dataset()
     ref = ds.held_out if ds.held_out is not None else ds
     out: dict[str, Any] = {}
+    if len(ds.shape) == 3:  # images live in [-1, 1]: measured as they are shown (a stray 1e3 would rule a kernel)
+        samples = np.clip(samples, -1.0, 1.0)
     if len(ds.shape) == 1:
         n = min(len(samples), len(ref))
         out["energy_distance"] = float(metrics.energy_distance(samples[:n], ref.data[:n]))

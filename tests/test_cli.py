@@ -57,10 +57,11 @@ def test_train_on_jax_and_a_toml_config(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["backend"] == "jax" and config["model"]["timesteps"] == 50
     assert (run / "checkpoints" / "step_000000008").is_dir()
-    # flags override the file
+    # flags override the file (the backend too: one JAX compile per test is enough)
     run2 = tmp_path / "jax2"
-    diffcore("train", "--run", run2, "--config", cfg, "--steps", 4, *TINY)
-    assert json.loads((run2 / "config.json").read_text())["train"]["steps"] == 4
+    diffcore("train", "--run", run2, "--config", cfg, "--steps", 4, "--backend", "torch", *TINY)
+    config = json.loads((run2 / "config.json").read_text())
+    assert (config["train"]["steps"], config["backend"], config["model"]["timesteps"]) == (4, "torch", 50)
 
 
 @pytest.mark.parametrize(

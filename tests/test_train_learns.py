@@ -24,7 +24,8 @@ CASES = {
     "iddpm-hybrid": ("iddpm", "hybrid", "ddpm", {}, 500),
     "vp-dsm": ("vp", "dsm", "ode_heun", {"steps": 50}, 500),
     "ve-dsm_likelihood": ("ve", "dsm_likelihood", "pc", {"steps": 200}, 1500),
-    "ncsn": ("ncsn", "ncsn", "annealed_langevin", {"steps_per_level": 50, "step_lr": 1e-5}, 1500),
+    # 1500 steps left NCSN at 2.1-4.6x the floor depending on the seeds (2500: 1.6-2.0x)
+    "ncsn": ("ncsn", "ncsn", "annealed_langevin", {"steps_per_level": 50, "step_lr": 1e-5}, 2500),
     "flow": ("flow", "flow", "ode_heun", {"steps": 50}, 500),
 }
 
@@ -68,8 +69,15 @@ def _score_error(cfg, process, ds, net, bk) -> float:
     return float(np.mean(errs))
 
 
-@pytest.mark.parametrize("backend_name", ["torch", "jax"])
-@pytest.mark.parametrize("case", sorted(CASES))
+# Every family on torch; on JAX the families whose objectives take the other code paths (discrete
+# with importance weights and learned variances, continuous DSM, flow). The 1500-2500-step VE and
+# NCSN proofs run on torch only (suite time); their objectives run on JAX in test_train_jax.py.
+PAIRS = [(case, "torch") for case in sorted(CASES)] + [
+    (case, "jax") for case in ("ddpm-simple", "iddpm-hybrid", "vp-dsm", "flow")
+]
+
+
+@pytest.mark.parametrize("case, backend_name", PAIRS)
 def test_mlp_learns_the_mixture(case, backend_name, torch_one_thread):
     pytest.importorskip(backend_name)
     family, loss, sampler, options, steps = CASES[case]
