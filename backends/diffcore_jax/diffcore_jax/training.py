@@ -269,6 +269,15 @@ class JaxTrainer:
                                      self._sharded.addressable_devices_indices_map((self.mesh.shape[DATA_AXIS],)).values()})
             self._params, self._rest, self._opt_state = self._replicate((self._params, self._rest, self._opt_state))
             self._ema = self._params if ema else None
+        else:
+            # one placement for the whole state: committed to the weights' device. A network placed
+            # with device= has committed weights while optax's fresh state is not; the first step's
+            # outputs are all committed, so the second step missed jit's cache and compiled again
+            # (about 20 s for the demo's U-Net)
+            leaves = jax.tree.leaves(self._params)
+            self._device = next(iter(leaves[0].devices())) if leaves and hasattr(leaves[0], "devices") else jax.devices()[0]
+            self._params, self._rest, self._opt_state = self._place_state((self._params, self._rest, self._opt_state))
+            self._ema = self._params if ema else None
         self._step = _step_function(self._graphdef, optimizer, backend, options, self.mesh)
         entries = {nnx_path(e): e for e in layout(self.config)}
         self._param_entries = [entries[p] for p in _paths(self._params)]  # the trained ones, leaf order
@@ -429,10 +438,14 @@ class JaxTrainer:
         self._params, self._rest = new_params, new_rest
         if ema is not None:
             self._ema = self._from_portable(self._ema, self._param_entries, ema)
-        if self.mesh is not None:
-            self._params, self._rest, self._opt_state, self._ema = self._replicate(
-                (self._params, self._rest, self._opt_state, self._ema))
+        self._params, self._rest, self._opt_state, self._ema = self._place_state(
+            (self._params, self._rest, self._opt_state, self._ema))
         self._synced = False
+
+    def _place_state(self, tree: Any) -> Any:
+        """The state where the step keeps it: replicated over the mesh, or committed to the device
+        (so that the step's inputs always look alike to jit's cache)."""
+        return self._replicate(tree) if self.mesh is not None else jax.device_put(tree, self._device)
 
     def ema_network(self) -> Any:
         """A new nnx module of the network's class holding the EMA weights."""
