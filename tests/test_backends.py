@@ -537,3 +537,14 @@ def test_the_documented_backend_works(monkeypatch):
     finally:
         monkeypatch.undo()
         diffcore.backend.cache_clear()
+
+
+def test_jax_progress_chunks_have_one_length_where_a_divisor_allows():
+    """A remainder chunk compiles a second scan: the default chunk divides the plan when it can."""
+    pytest.importorskip("jax")
+    from diffcore_jax import _progress_chunk
+
+    for n in (7, 49, 50, 99, 100, 128, 1000):
+        c = _progress_chunk(n)
+        assert n % c == 0 and n / 20 <= c <= max(1, n / 4), (n, c)
+    assert _progress_chunk(97) == 10  # a prime: about a tenth, one remainder chunk

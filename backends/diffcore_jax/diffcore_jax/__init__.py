@@ -176,6 +176,14 @@ def _report_budget(max_steps: int, steps: Any, exceeded: Any) -> None:
         raise StepBudgetExceeded(budget_message(int(steps), max_steps), steps=int(steps))
 
 
+def _progress_chunk(n: int) -> int:
+    """Steps per reported chunk of an n-step scan: the divisor of n nearest n / 10 among those in
+    [n / 20, n / 4] (every chunk one length: one compilation; a remainder chunk would compile a
+    second scan, 2-5 s for a small U-Net on a CPU), else ceil(n / 10)."""
+    fits = [c for c in range(max(1, -(-n // 20)), max(1, n // 4) + 1) if n % c == 0]
+    return min(fits, key=lambda c: abs(c - n / 10)) if fits else max(1, -(-n // 10))
+
+
 class JaxBackend:
     """The JAX backend.
 
@@ -186,8 +194,9 @@ class JaxBackend:
     Loops: ``loop`` is ``lax.scan`` under ``jax.jit`` (compiled once per step function and shapes,
     kept while the step function lives: pass the same function object to reuse the compilation;
     ``args`` are traced inputs, so new weights need no recompiling);
-    with ``progress`` the scan runs in chunks of ``chunk_size`` steps (default: a tenth of the
-    plan) and reports between them (through ``jax.debug.callback`` when called inside jit).
+    with ``progress`` the scan runs in chunks of ``chunk_size`` steps (default: about a tenth of the
+    plan, a divisor of its length where one lies between a twentieth and a quarter, so that every
+    chunk has one length and one compilation) and reports between them (through ``jax.debug.callback`` when called inside jit).
     ``while_loop`` is ``lax.while_loop`` with a step counter; a budget overrun raises
     StepBudgetExceeded after the loop (inside the caller's jit it is raised from a host callback and
     surfaces as a JaxRuntimeError carrying the same message).
@@ -237,7 +246,7 @@ class JaxBackend:
         if noise_shape is not None:
             _check_key(key)
         if chunk_size is None:
-            chunk = n if progress is None else max(1, -(-n // 10))
+            chunk = n if progress is None else _progress_chunk(n)
         elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
         else:
