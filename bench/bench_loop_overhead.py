@@ -91,14 +91,14 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[
 # ------------------------------------------------------------------------------------------ torch
 
 
-def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> dict[str, Callable[[], Any]]:
+def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool, decompose: bool = False) -> dict[str, Callable[[], Any]]:
     import torch
 
     shape = SHAPE  # this table's batch size, fixed for the contenders' lifetime
     coefs = coefficients(d)
     t_vecs = [torch.full((shape[0],), float(c[0])) for c in coefs]  # the model's time input, precomputed too
 
-    def hand(noise: Callable[[int, Any], Any] | None = None, x_T: Any = None) -> Any:
+    def hand(noise: Callable[[int, Any], Any] | None = None, x_T: Any = None, probe: bool = False) -> Any:
         with torch.no_grad():
             g = torch.Generator().manual_seed(0)
             x = torch.randn(shape, generator=g) if x_T is None else x_T
@@ -107,6 +107,8 @@ def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> d
                 x0 = (x - s * eps) / a
                 z = torch.randn(shape, generator=g) if noise is None else noise(i, x)
                 x = c1 * x0 + c2 * x + std * z
+                if probe:  # diffcore's non-finite probe, kept aside as diffcore keeps it
+                    (x - x).sum()
             return x
 
     def ours() -> Any:
@@ -125,6 +127,11 @@ def torch_contenders(d: GaussianDiffusion, steps: int, use_diffusers: bool) -> d
         raise AssertionError(f"the hand-written torch loop does not compute diffcore's DDPM (relative error {err:.3g})")
 
     contenders = {"diffcore (torch)": ours, "hand-written torch loop": hand}
+    if decompose:  # the hand-written loop with one of diffcore's costs each
+        bk0 = diffcore.backend("torch")
+        draws = bk0.step_noise(bk0.fold_in(bk0.key(0), 1), (shape[0], 1) + shape[1:], torch.float32)
+        contenders["hand + keyed draw"] = lambda: hand(lambda i, x: draws(i)[:, 0])
+        contenders["hand + non-finite probe"] = lambda: hand(probe=True)
     if use_diffusers:
         try:
             from diffusers import DDPMScheduler
@@ -218,6 +225,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[16], help="batch sizes of (B, 3, 32, 32) (default 16)")
     parser.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
     parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers' DDPMScheduler")
+    parser.add_argument("--decompose", action="store_true",
+                        help="torch: also the hand-written loop with diffcore's keyed draw, and with its non-finite probe")
     args = parser.parse_args()
     steps, repeats = args.steps, args.repeats
 
@@ -256,7 +265,7 @@ def main() -> None:
 
     for batch in args.batch:
         SHAPE = (batch,) + SHAPE[1:]
-        t_contenders = torch_contenders(d, steps, not args.no_diffusers)
+        t_contenders = torch_contenders(d, steps, not args.no_diffusers, args.decompose)
         for run in t_contenders.values():  # warm-up
             run()
         report("torch", batch, interleaved(t_contenders, repeats), "hand-written torch loop", steps)
