@@ -499,7 +499,8 @@ def draw_samples(run: Run, bk: Any, net: Any, name: str, options: Mapping[str, A
         raise UsageError(f"sample.n = {n} is smaller than the number of processes ({world.size})")
     ids = shard(n, world)
     rows_of = slice(ids.start, ids.stop)
-    mask, known, cond = (None if a is None else a[rows_of] for a in (mask, known, cond))
+    # per-example inputs (a leading axis of n) are split; broadcast ones (e.g. a (1, C, 1, 1) mask) are not
+    mask, known, cond = (a[rows_of] if a is not None and a.shape[0] == n and a.ndim > 0 else a for a in (mask, known, cond))
     shape = (len(ids), *run.dataset().shape)
     device = _device(bk, run.config, world)
     sample_ids = bk.xp.asarray(np.arange(ids.start, ids.stop, dtype=np.int64), device=device)
@@ -763,7 +764,9 @@ def cmd_nll(args: argparse.Namespace, console: Console, run: Run | None = None, 
     seconds = time.perf_counter() - t0
     bpd = gather_rows(world, _to_numpy(res.bpd).reshape(-1), len(x)) + offset
     nfe = np.asarray(_to_numpy(res.nfe), dtype=np.float64).reshape(-1)
-    nfe = (gather_rows(world, nfe, len(x)) if nfe.size == len(ids) and nfe.size > 1 else nfe).mean()
+    if nfe.size != len(ids):  # a count for the whole batch (the VLB): the same for each example
+        nfe = np.full(len(ids), nfe.mean())
+    nfe = gather_rows(world, nfe, len(x)).mean()  # every rank gathers: a collective all must join
     row = {"method": method, "examples": int(x.shape[0]), "bits/dim": float(bpd.mean()),
            "stderr": float(bpd.std(ddof=1) / math.sqrt(len(bpd))) if len(bpd) > 1 else None,
            "levels": ds.levels, "NFE": float(nfe), "seconds": seconds}

@@ -461,8 +461,8 @@ def train(
     first = world.rank * B_rank
     if B_rank % config.micro_batches:
         raise ValueError(
-            f"micro_batch_size = {config.micro_batch_size} must divide each rank's share of the batch "
-            f"({B} / {world.size} processes = {B_rank})"
+            f"micro_batch_size = {config.micro_batch_size} must be a multiple of the number of processes ({world.size}): "
+            f"each process splits its {B_rank} examples into the run's {config.micro_batches} micro-batches"
         )
     network_config = trainer.network.config
     cond_data = dataset.labels if getattr(network_config, "num_class_embeds", None) is not None else None

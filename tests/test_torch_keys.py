@@ -113,3 +113,25 @@ def test_a_loop_draws_each_step_from_the_folded_key():
     BK.loop(step, (torch.zeros(2, 3),), (torch.arange(4),), key=key, noise_shape=(2, 3))
     for i, z in enumerate(seen):
         assert torch.equal(z, BK.normal(BK.fold_in(key, i), (2, 3), torch.float32)), i
+
+
+def test_cpu_draws_stay_on_the_cpu_inside_a_device_context_and_prepared_draws_follow_the_thread():
+    import threading
+
+    with torch.device("meta"):
+        assert BK.normal(BK.key(0), (20,), torch.float32, device="cpu").device.type == "cpu"
+    key = BK.key(4)
+    draw = BK.step_noise(key, (64,), torch.float32)
+    want = {i: BK.normal(BK.fold_in(key, i), (64,), torch.float32) for i in range(1, 41)}
+    bad = []
+
+    def worker(ids):
+        for _ in range(20):
+            bad.extend(i for i in ids if not torch.equal(draw(i), want[i]))
+
+    threads = [threading.Thread(target=worker, args=(range(1 + k, 41, 2),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

@@ -173,7 +173,7 @@ def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, samp
     ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer). bfloat16 / float16
     are drawn in float32 and rounded (uniforms kept below 1)."""
     mt = _keyed_mt()
-    out = torch.empty(shape, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+    out = torch.empty(shape, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=_CPU)
     if sample_ids is None:
         _mt_fill(method, mt.reset(key.state), out)
     else:
@@ -282,15 +282,15 @@ class TorchBackend:
             return lambda i: first if i == 0 else self.normal(
                 self.fold_in(key, i), shape, dtype, sample_ids=sample_ids, device=device
             )
-        state, out_dtype, mt = key.state, first.dtype, _keyed_mt()
+        state, out_dtype = key.state, first.dtype
         fill_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
         shape = tuple(first.shape)
 
         def draw(i: int) -> torch.Tensor:
             if i == 0:
                 return first
-            out = torch.empty(shape, dtype=fill_dtype)
-            out.normal_(generator=mt.reset(mix64(state, i)))
+            out = torch.empty(shape, dtype=fill_dtype, device=_CPU)
+            out.normal_(generator=_keyed_mt().reset(mix64(state, i)))  # this thread's generator
             return out if fill_dtype == out_dtype else out.to(out_dtype)
 
         return draw
