@@ -9,7 +9,7 @@ float32, one torch thread (pinned and printed). A step is L_simple (Ho et al. 20
 then clipping to norm 1, AdamW (lr 2e-4) and an EMA (decay 0.9999):
 
 - diffcore-torch: ``TorchBackend().trainer(UNet2D, OptimizerConfig(...)).step`` with the
-  objective below (t and eps drawn keyed per example: Philox, ``fold_in(step key, TIME / NOISE)``).
+  objective below (t and eps drawn keyed per example, the backend's keyed draws, ``fold_in(step key, TIME / NOISE)``).
 - diffusers: ``UNet2DModel``, ``torch.randint`` / ``torch.randn`` from a ``torch.Generator``,
   ``clip_grad_norm_``, ``torch.optim.AdamW`` (torch's default implementation on CPU, foreach) and
   ``diffusers.training_utils.EMAModel(foreach=True)``: the usual diffusers training script.
