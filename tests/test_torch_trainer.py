@@ -189,3 +189,20 @@ def test_bf16_step_runs_with_float32_loss():
     out = run(trainer, [0])[0]
     assert out.applied and out.loss.dtype == np.float32 and np.isfinite(out.loss).all()
     assert all(p.dtype == torch.float32 for p in trainer.network.parameters())
+
+
+def test_sliced_score_matching_trains_with_keyed_dropout(torch_one_thread):
+    """ssm differentiates the network with respect to its input (torch.func.vjp); keyed dropout draws
+    inside that transform, where `.cpu()` on the ids returned a tensor without storage."""
+    import diffcore
+    from diffcore.data import load_dataset
+    from diffcore.networks import MLPConfig
+    from diffcore.objectives import make_objective
+    from diffcore.training import OptimizerConfig, TrainConfig, train
+
+    bk = diffcore.backend("torch")
+    net = bk.network(MLPConfig(data_dim=2, hidden_dim=32, num_layers=2, dropout=0.1), seed=0)
+    tr = bk.trainer(net, OptimizerConfig(lr=1e-3))
+    losses = train(tr, make_objective("ssm", None), load_dataset("gaussian_mixture", n=200),
+                   TrainConfig(steps=3, batch_size=32, ema_decay=None)).losses
+    assert len(losses) == 3 and np.isfinite(losses).all()

@@ -168,6 +168,20 @@ def _below_one(dtype: torch.dtype) -> float:
     return torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)).item()
 
 
+def _host_ids(sample_ids: Any) -> np.ndarray:
+    """The ids as a NumPy array. Inside a torch.func transform (e.g. sliced score matching's vjp
+    through a network with keyed dropout) any op on a tensor, ``.cpu()`` included, returns a wrapped
+    tensor without storage: a CPU tensor is read with ``.numpy()`` (no op), a wrapped one by ``tolist``."""
+    if not isinstance(sample_ids, torch.Tensor):
+        return np.asarray(sample_ids)
+    if sample_ids.device.type == "cpu":
+        try:
+            return sample_ids.numpy()
+        except RuntimeError:
+            pass
+    return np.asarray(sample_ids.tolist())
+
+
 def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, sample_ids: Any) -> torch.Tensor:
     """A CPU draw from mt19937 keyed by the key's 64 bits; with ``sample_ids``, row b keyed by
     ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer). bfloat16 / float16
@@ -177,7 +191,7 @@ def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, samp
     if sample_ids is None:
         _mt_fill(method, mt.reset(key.state), out)
     else:
-        ids = sample_ids.cpu().numpy() if isinstance(sample_ids, torch.Tensor) else np.asarray(sample_ids)
+        ids = _host_ids(sample_ids)
         rows = out.view(len(ids), -1)  # row b as a flat view (also for shape (B,))
         for b, state in enumerate(mix64_many(key.state, ids)):
             _mt_fill(method, mt.reset(state), rows[b])
