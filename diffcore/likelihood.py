@@ -418,7 +418,9 @@ def _solve_report(progress: Callable[[int, int], None], draw: int, draws: int, t
 
     def report(t: Any) -> None:
         xp = array_namespace(t)
-        frac = (float(xp.min(t)) - t0) / span if span > 0 else 1.0
+        t_min = xp.min(t)
+        t_min = t_min.detach() if hasattr(t_min, "detach") else t_min  # a torch time may carry autograd
+        frac = (float(t_min) - t0) / span if span > 0 else 1.0
         progress(1000 * draw + min(1000, max(0, int(1000 * frac))), 1000 * draws)
 
     return report

@@ -195,9 +195,10 @@ def test_colorize_refuses_grey_data(tmp_path, capsys):
 
 
 def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
-    """`torchrun --nproc_per_node=2 -m diffcore train / sample / nll`: DDP over gloo, each rank its
+    """`torchrun --nproc_per_node=2 -m diffcore -- train / sample`: DDP over gloo, each rank its
     block of the batch and of the samples; rank 0 writes. The same run trained by one process has
-    the same weights, and the samples / bits-per-dim of 2 ranks equal those of 1, example by example."""
+    the same weights, and the samples of 2 ranks equal those of 1, example by example (nll's
+    sharding: test_nll_and_sample_on_two_thread_ranks_equal_one_process)."""
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
@@ -230,13 +231,47 @@ def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
     x1 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
     assert x1.shape == (9, 2)
     np.testing.assert_allclose(x2, x1, rtol=1e-5, atol=1e-5)
-    # 3 examples on 2 ranks: shards of 2 and 1 (every rank must join the gathers)
-    nll = ["nll", "--run", two, "--examples", 3, "--nll.rtol", "1e-2", "--nll.atol", "1e-2", "--quiet"]
-    torchrun(*nll)
-    b2 = json.loads((two / "summary.json").read_text())["nll"]["ode"]
-    diffcore(*nll)
-    b1 = json.loads((two / "summary.json").read_text())["nll"]["ode"]
-    assert b2["examples"] == b1["examples"] == 3
-    # float32 matmuls round a row differently at another batch size, and the adaptive solve at
-    # rtol 1e-2 carries that to ~1e-4 (the samples above, fixed steps, agree to 1e-5)
-    np.testing.assert_allclose([b2["bits/dim"], b2["NFE"]], [b1["bits/dim"], b1["NFE"]], rtol=1e-3)
+
+
+def test_nll_and_sample_on_two_thread_ranks_equal_one_process(tmp_path, monkeypatch, torch_one_thread):
+    """The command's sharded nll and sample (each rank its block of examples, global sample_ids,
+    gathered in order) on a world of two threads: 3 examples make shards of 2 and 1, where every
+    rank must still join each gather (one rank skipping one hung the job)."""
+    pytest.importorskip("torch")
+    import threading
+
+    import diffcore.cli as cli
+    from test_distributed import ThreadWorld
+
+    run = tmp_path / "moons"
+    assert cli.main(["train", "--run", str(run), *map(str, TINY), "--model", "vp", "--steps", "3"]) == 0
+    nll = ["nll", "--run", str(run), "--examples", "3", "--nll.rtol", "1e-3", "--nll.atol", "1e-3", "--quiet"]
+    sample = ["sample", "--run", str(run), "--sampler", "euler_maruyama", "--steps", "6", "--n", "5", "--quiet"]
+
+    def results():
+        summary = json.loads((run / "summary.json").read_text())
+        return summary["nll"]["ode"], np.load(run / "pictures" / "samples-euler_maruyama.npy")
+
+    assert cli.main(nll) == 0 and cli.main(sample) == 0
+    (one_nll, one_x) = results()
+    board, sync, codes = [None, None], threading.Barrier(2, timeout=60), []
+    worlds = [ThreadWorld(r, 2, board, sync) for r in range(2)]
+    local = threading.local()
+    monkeypatch.setattr(cli, "_world", lambda bk, config: local.world)
+
+    def rank(r):
+        local.world = worlds[r]
+        codes.append(cli.main(nll))
+        codes.append(cli.main(sample))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert codes == [0, 0, 0, 0]
+    two_nll, two_x = results()
+    assert two_nll["examples"] == 3
+    # float32 matmuls round a row differently at another batch size; the adaptive solve carries that far below its rtol
+    np.testing.assert_allclose([two_nll["bits/dim"], two_nll["NFE"]], [one_nll["bits/dim"], one_nll["NFE"]], rtol=1e-3)
+    np.testing.assert_allclose(two_x, one_x, rtol=1e-5, atol=1e-5)
