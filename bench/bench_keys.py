@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_keys.py [--reps 5]
 
 "keyed": ``TorchBackend().normal / uniform(key, shape, float32)`` (torch's CPU generator, its
-mt19937 state filled from Philox keyed by all 64 bits of the key, then torch's own fill, with the
+mt19937 state filled from a splitmix64 hash of all 64 bits of the key, then torch's own fill, with the
 backend's checks). "manual_seed": a kept ``torch.Generator`` with ``manual_seed(state)`` then
 ``torch.randn / torch.rand`` (mt19937 seeded from 32 bits: cheaper, but keys s and s + 2**32 draw
 alike). Best of ``--reps`` repeats of a timed loop, process CPU time, one

@@ -24,6 +24,7 @@ __all__ = [
     "asarray_on",
     "TableCache",
     "expand_to",
+    "linear_combination",
     "mean_flat",
     "check_float_array",
     "check_timesteps",
@@ -37,16 +38,15 @@ def is_traced(x: Any) -> bool:
     Covers JAX tracers (``jax.jit``, ``vmap``, ``grad``), torch.compile's fake tensors and
     torch.func's batched tensors. Eager JAX arrays are concrete: their values are checked.
     """
-    for cls in type(x).__mro__:
-        if cls.__name__ == "Tracer" and (cls.__module__ or "").startswith("jax"):
-            return True
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
+    if torch is not None and isinstance(x, torch.Tensor):  # first: the eager torch loop asks per step
         compiler = getattr(torch, "compiler", None)
         if compiler is not None and compiler.is_compiling():
             return True
         functorch = getattr(torch._C, "_functorch", None)
-        if functorch is not None and functorch.is_batchedtensor(x):
+        return functorch is not None and functorch.is_batchedtensor(x)
+    for cls in type(x).__mro__:
+        if cls.__name__ == "Tracer" and (cls.__module__ or "").startswith("jax"):
             return True
     return False
 
@@ -153,6 +153,39 @@ def expand_to(coeff: Any, x: Any) -> Any:
     if coeff.ndim == 0:
         return xp.reshape(coeff, (1,) * x.ndim)
     return xp.reshape(coeff, (coeff.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def linear_combination(*pairs: Any) -> Any:
+    """``c_0 v_0 + c_1 v_1 + ...`` for pairs (c_k, v_k) of scalar or 0-d coefficients and arrays.
+
+    On eager torch tensors of one shape and dtype, outside autograd, it is one product and in-place
+    ``addcmul_`` into it: k kernels and one new tensor instead of 2k - 1 of each (a DDPM step's
+    x_next = c_x x + c_out output + std z: 23 against 50 us on a (16, 3, 32, 32) float32 state,
+    docs/performance.md). The sum is the same up to rounding in the last place. Elsewhere, and for
+    anything else, the plain expression.
+    """
+    coeffs, values = pairs[0::2], pairs[1::2]
+    first = values[0]
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and type(first) is torch.Tensor
+        and all(type(v) is torch.Tensor and v.shape == first.shape and v.dtype == first.dtype for v in values)
+        and all(isinstance(c, (int, float)) or (type(c) is torch.Tensor and c.ndim == 0) for c in coeffs)
+        and not any(getattr(a, "requires_grad", False) for a in pairs)
+        and not is_traced(first)
+    ):
+        out = first * coeffs[0]
+        for c, v in zip(coeffs[1:], values[1:]):
+            if isinstance(c, (int, float)):
+                out.add_(v, alpha=c)
+            else:
+                out.addcmul_(v, c)
+        return out
+    out = coeffs[0] * first
+    for c, v in zip(coeffs[1:], values[1:]):
+        out = out + c * v
+    return out
 
 
 def mean_flat(x: Any) -> Any:

@@ -41,6 +41,7 @@ __all__ = [
     "per_sample_rows",
     "check_backend_array",
     "mix64",
+    "mix64_array",
     "mix64_many",
 ]
 
@@ -194,10 +195,18 @@ def _splitmix64_array(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def mix64_array(state: Any, data: Any) -> np.ndarray:
+    """``mix64`` elementwise over broadcast uint64 arrays of states and data (integers; negative
+    data taken modulo 2**64, as ``mix64`` does)."""
+    s = np.asarray(state, dtype=np.uint64)
+    d = np.asarray(data)
+    d = d.astype(np.int64).view(np.uint64) if d.dtype.kind == "i" else d.astype(np.uint64)
+    return _splitmix64_array(s ^ _splitmix64_array(d))
+
+
 def mix64_many(state: int, data: Any) -> list[int]:
     """``[mix64(state, d) for d in data]``, vectorised (one key per example of a keyed draw)."""
-    d = np.asarray(data).astype(np.int64).view(np.uint64)  # & (2**64 - 1) of each value
-    return _splitmix64_array(np.uint64(state) ^ _splitmix64_array(d)).tolist()
+    return mix64_array(np.uint64(state), np.asarray(data).astype(np.int64)).tolist()
 
 
 def check_seed(seed: Any) -> int:

@@ -190,7 +190,8 @@ def test_hutchinson_is_unbiased_and_a_biased_mutant_is_caught(bk, probe):
         return np.abs(estimates.mean(0) - exact) / (estimates.std(0, ddof=1) / np.sqrt(n))
 
     assert np.all(z_scores(_per_probe_estimates(bk, f, x, probes)) < 4)
-    assert np.all(z_scores(_per_probe_estimates(bk, f, x, 1.1 * probes)) > 4)  # E = 1.21 tr J
+    # E = 1.44 tr J: about 8-10 standard errors off at n = 4000 (1.1x, E = 1.21 tr J, was about 4: caught by chance)
+    assert np.all(z_scores(_per_probe_estimates(bk, f, x, 1.2 * probes)) > 4)
 
 
 @pytest.mark.parametrize("mode", ["vjp", "jvp"])

@@ -273,5 +273,7 @@ def test_nll_and_sample_on_two_thread_ranks_equal_one_process(tmp_path, monkeypa
     two_nll, two_x = results()
     assert two_nll["examples"] == 3
     # float32 matmuls round a row differently at another batch size; the adaptive solve carries that far below its rtol
-    np.testing.assert_allclose([two_nll["bits/dim"], two_nll["NFE"]], [one_nll["bits/dim"], one_nll["NFE"]], rtol=1e-3)
+    np.testing.assert_allclose(two_nll["bits/dim"], one_nll["bits/dim"], rtol=1e-3)
+    # the step-size controller sees its shard's error norm: the step count may differ by a few
+    assert abs(two_nll["NFE"] - one_nll["NFE"]) <= 0.1 * one_nll["NFE"], (two_nll["NFE"], one_nll["NFE"])
     np.testing.assert_allclose(two_x, one_x, rtol=1e-5, atol=1e-5)

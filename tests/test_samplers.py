@@ -522,6 +522,58 @@ def test_torch_probes_name_the_first_nonfinite_step(torch_one_thread):
     assert NonfiniteProbes().first_bad(torch.tensor(-1)) == -1
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_torch_probe_is_exact_at_the_largest_finite_values(dtype):
+    """A state of each dtype's largest finite values (whose plain sum overflows) is not flagged;
+    one inf or NaN among them is, at its own index."""
+    import torch
+    from diffcore.samplers._base import flag_nonfinite, nonfinite_probes
+
+    dt = getattr(torch, dtype)
+    big = torch.finfo(dt).max
+    finite = torch.tensor([[big, big], [-big, big]], dtype=dt)
+    flag = torch.tensor(-1)
+    for bad, index in ((None, -1), (float("inf"), 2), (float("-inf"), 2), (float("nan"), 2)):
+        with nonfinite_probes() as probes:
+            for i in range(4):
+                x = finite.clone()
+                if bad is not None and i >= index:
+                    x[1, 0] = bad
+                assert flag_nonfinite(flag, x, torch.tensor(i)) is flag  # kept aside
+        assert probes.first_bad(flag) == index, (dtype, bad)
+        for i in range(4):  # the flag carried in the state (outside a probed run) agrees
+            x = finite.clone()
+            if bad is not None and i >= index:
+                x[1, 0] = bad
+            flag = flag_nonfinite(flag, x, torch.tensor(i))
+        assert int(flag) == index
+        flag = torch.tensor(-1)
+
+
+def test_linear_combination_equals_the_plain_expression_and_leaves_its_inputs_alone():
+    import torch
+    from diffcore._array import linear_combination
+
+    rng = np.random.default_rng(0)
+    x, o, z = (rng.standard_normal((4, 3, 5)).astype(np.float32) for _ in range(3))
+    a, b, c = np.float32(0.9), np.float32(-0.2), np.float32(0.05)
+    want = a * x + b * o + c * z
+    np.testing.assert_allclose(linear_combination(a, x, b, o, c, z), want, rtol=1e-6)
+    tx, to, tz = (torch.tensor(v) for v in (x, o, z))
+    copies = [t.clone() for t in (tx, to, tz)]
+    for coeffs in ((torch.tensor(a), torch.tensor(b), torch.tensor(c)), (float(a), float(b), float(c))):
+        got = linear_combination(coeffs[0], tx, coeffs[1], to, coeffs[2], tz)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+        assert all(torch.equal(t, u) for t, u in zip((tx, to, tz), copies))  # a fresh tensor; inputs untouched
+        assert got.data_ptr() not in {t.data_ptr() for t in (tx, to, tz)}
+    # with autograd, broadcasting coefficients or mixed shapes: the plain expression (gradients flow)
+    w = tx.clone().requires_grad_(True)
+    linear_combination(torch.tensor(2.0), w, torch.tensor(1.0), to).sum().backward()
+    assert torch.equal(w.grad, torch.full_like(tx, 2.0))
+    row = torch.arange(5, dtype=torch.float32)
+    np.testing.assert_allclose(linear_combination(row, tx, 1.0, to).numpy(), row.numpy() * x + o, rtol=1e-6)
+
+
 def test_nonfinite_x_T_is_not_blamed_on_the_model():
     d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 100))
     calls = []

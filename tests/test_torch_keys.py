@@ -10,12 +10,13 @@ BK = TorchBackend()
 
 
 def _reference(state, method, shape, dtype):
-    """The documented construction, written out: mt19937's 624 words are the first 624 32-bit
-    outputs of NumPy's Philox keyed by (state, 0), loaded with torch's own serialized state."""
-    words = np.random.Philox(key=state).random_raw(312).view(np.uint32)
+    """The documented construction, written out: mt19937's 624 words are the low and high halves
+    of fold_in(key, 2**63 + j) for j = 0..311, loaded with torch's own serialized state."""
+    halves = [BK.fold_in(TorchKey(state), 2**63 + j).state for j in range(312)]
+    words = np.array([w for h in halves for w in (h & 0xFFFFFFFF, h >> 32)], dtype=np.uint64)
     gen = torch.Generator().manual_seed(5489)
     st = gen.get_state()
-    st.numpy()[24 : 24 + 8 * 624] = words.astype(np.uint64).view(np.uint8)
+    st.numpy()[24 : 24 + 8 * 624] = words.view(np.uint8)
     gen.set_state(st)
     if method == "normal":
         return torch.randn(shape, generator=gen, dtype=dtype)

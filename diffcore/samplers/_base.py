@@ -195,19 +195,21 @@ def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
     wrappers of sum and where cost more than the kernels on a state of this size. Elsewhere
     (NumPy, array_api_strict, XLA) ``all(isfinite(value))`` is already one cheap pass.
 
-    Inside :func:`nonfinite_probes` (the one-call API's eager torch runs) the sum is not folded into
-    ``bad_step`` by four ops on 0-d tensors each step: it is kept with its ``index`` and the first
+    Inside :func:`nonfinite_probes` (the one-call API's eager torch runs) the state is probed by
+    ``torch.aminmax`` instead, one read of the state without a temporary (about 7 us on a
+    (16, 3, 32, 32) float32 state against 12 for the sum of ``value - value``): min and max are
+    NaN if any entry is NaN, and one of them is infinite if an entry is, so the test stays exact
+    and a finite state can never overflow it. The pair is kept with its ``index`` and the first
     bad index is found after the loop (:meth:`NonfiniteProbes.first_bad`); ``bad_step`` is then
     returned unchanged. Under torch.compile, torch.func transforms or autograd the flag is carried
     as above.
     """
     if is_torch_array(value):
+        probes = _PROBES.get()
+        if probes is not None and not value.requires_grad and value.numel() and not is_traced(value):
+            probes.add(index, value.aminmax())
+            return bad_step
         s = (value - value).sum()
-        if not value.requires_grad and not is_traced(value):
-            probes = _PROBES.get()
-            if probes is not None:
-                probes.add(index, s)
-                return bad_step
         if index.dtype != bad_step.dtype:
             index = index.to(bad_step.dtype)
         return index.where((s != s) & (bad_step < 0), bad_step)
@@ -217,8 +219,9 @@ def flag_nonfinite(bad_step: Any, value: Any, index: Any) -> Any:
 
 
 class NonfiniteProbes:
-    """The per-step non-finite probes of one eager torch run: pairs (index, sum(x - x)), each sum
-    exactly 0 for a finite state and NaN otherwise, kept as device values (no host sync per step).
+    """The per-step non-finite probes of one eager torch run: pairs (index, (min, max) of the
+    state)), both finite exactly when the whole state is, kept as device values (no host sync per
+    step).
 
     Every ``CHUNK`` probes are folded into one 0-d tensor, the chunk's first bad index (or the
     largest integer), so memory stays bounded on long runs; :meth:`first_bad` reads the result
@@ -232,22 +235,23 @@ class NonfiniteProbes:
         self.pending: list[tuple[Any, Any]] = []
         self.firsts: list[Any] = []
 
-    def add(self, index: Any, s: Any) -> None:
+    def add(self, index: Any, extremes: Any) -> None:
         pending = self.pending
-        pending.append((index, s))
+        pending.append((index, extremes))
         if len(pending) >= self.CHUNK:
             self._fold()
 
     def _fold(self) -> None:
         if not self.pending:
             return
-        indices, sums = zip(*self.pending)
+        indices, extremes = zip(*self.pending)
         self.pending = []
-        xp = array_namespace(sums[0])
+        xp = array_namespace(extremes[0][0])
         idx = xp.astype(xp.stack(list(indices)), xp.int64)  # one plan's indices: one dtype
-        sums = xp.stack(list(sums))
+        lo_hi = xp.stack([xp.stack(list(pair)) for pair in extremes])  # (n, 2)
+        bad = xp.logical_not(xp.all(xp.isfinite(lo_hi), axis=1))
         never = xp.full((), _NEVER, dtype=xp.int64, device=array_device(idx))
-        self.firsts.append(xp.min(xp.where(sums != sums, idx, never)))
+        self.firsts.append(xp.min(xp.where(bad, idx, never)))
 
     def first_bad(self, bad_step: Any = None) -> int:
         """The first index whose probe was NaN, also counting ``bad_step`` (the state's own flag,

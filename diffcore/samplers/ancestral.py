@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array import array_namespace
+from .._array import array_namespace, linear_combination
 from ..process import is_discrete, require, start_time
 from ..parametrization import split_learned_variance, to_x0
 from ._base import (
@@ -132,7 +132,7 @@ def ddpm(model, process, *, steps=None, spacing="linspace", times=None, clip_den
         index, t_in, c_x, c_out, std = plan_i[:5]
         x = state.x
         output = call_model(model, args, x, t_in)
-        x_next = c_x * x + c_out * output + std * noise_i[:, 0, ...]
+        x_next = linear_combination(c_x, x, c_out, output, std, noise_i[:, 0, ...])
         return SampleState(x_next, flag_nonfinite(state.bad_step, x_next, index))
 
     def step(state: SampleState, plan_i: tuple, noise_i: Any, args: ModelArgs) -> SampleState:

@@ -62,7 +62,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array import array_namespace, expand_to, sum_flat
+from .._array import array_namespace, expand_to, linear_combination, sum_flat
 from ..process import (
     capabilities, drift_coefficients, is_discrete, require, require_continuous, start_time, time_from_log_snr, time_range,
 )
@@ -306,7 +306,7 @@ def _pc_step(model, prediction: str, M: int, predictor_first: bool, norm: str):
         if M and not predictor_first:
             x = correct(x, p, noise_i, args)
         s, _ = model_score(model, args, x, p.t_in, p.alpha, p.sigma, prediction)
-        x = p.c_x * x + p.c_s * s + p.c_z * noise_i[:, 0, ...]
+        x = linear_combination(p.c_x, x, p.c_s, s, p.c_z, noise_i[:, 0, ...])
         if M and predictor_first:
             x = correct(x, p, noise_i, args)
         return SampleState(x, flag_nonfinite(state.bad_step, x, p.index))

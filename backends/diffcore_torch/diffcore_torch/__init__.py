@@ -24,7 +24,7 @@ from diffcore.backends import (
     check_seed,
     check_shape,
     mix64,
-    mix64_many,
+    mix64_array,
     per_sample_rows,
     python_loop,
     python_while_loop,
@@ -35,7 +35,7 @@ __all__ = ["TorchBackend", "TorchKey"]
 
 class TorchKey(NamedTuple):
     """A key: a 64-bit state. A CPU draw runs torch's mt19937 from a state derived from all 64 bits
-    (through Philox-4x64, Salmon et al. 2011); a CUDA draw seeds torch's device generator.
+    (a splitmix64 hash of the state per state word); a CUDA draw seeds torch's device generator.
 
     ``fold_in`` mixes integers into the state (splitmix64), so keys are values: drawing from a
     key never changes it, and the draws of step i do not depend on the draws before it.
@@ -88,12 +88,15 @@ def _generator(device: torch.device) -> torch.Generator:
 # CPU draws: torch's own generator (mt19937, with its vectorised normal and uniform fills), its
 # 624-word state filled from the key's 64 bits. ``manual_seed`` would keep only 32 bits (keys s and
 # s + 2**32 would draw alike), and NumPy's Philox + ziggurat, tried before, cost 2.4x torch's randn
-# on image-sized draws (docs/performance.md). The state words are the first 624 32-bit outputs of
-# Philox-4x64 keyed by the key (Salmon et al. 2011: key (state, 0), counter 0; a hash of the whole
-# key, as NumPy seeds its mt19937 from a SeedSequence), written into a kept serialized state and
-# loaded with ``set_state``: about 10 us a draw (splitmix64 over 624 words in NumPy: 16-18 us).
+# on image-sized draws (docs/performance.md). The state words of key k are the low and high halves
+# of ``mix64(k, 2**63 + j)`` (= ``fold_in(k, 2**63 + j)``, splitmix64), j = 0..311: a hash of the
+# whole key per word, as NumPy seeds its mt19937 from a SeedSequence; the data 2**63 + j keep them
+# apart from the small integers (steps, example ids) folded into keys. They are computed for many
+# keys at once in NumPy (all rows of a ``sample_ids`` draw; a loop's next 64 steps), then copied
+# into a kept serialized generator state and loaded with ``set_state`` (about 2 us a draw).
 _MT_N = 624
 _MT_OFFSET = 24  # bytes before the state words (uint64 each) in torch's serialized CPU generator state
+_MT_WORD_DATA = np.uint64(2**63) + np.arange(_MT_N // 2, dtype=np.uint64)
 
 
 def _mt_layout_ok(state: torch.Tensor) -> bool:
@@ -107,38 +110,44 @@ def _mt_layout_ok(state: torch.Tensor) -> bool:
     return words.tolist() == [5489, (1812433253 * (5489 ^ (5489 >> 30)) + 1) & 0xFFFFFFFF]
 
 
-class _KeyedMT:
-    """torch's CPU generator, reset per draw to the state of a 64-bit key (one per thread). The
-    Philox bit generator that hashes the key is kept too and reset through its ``state`` setter
-    (building a fresh one costs about 40 us)."""
+@functools.lru_cache(maxsize=None)
+def _mt_template() -> np.ndarray:
+    """torch's serialized CPU generator state after ``manual_seed(5489)`` (left = 1, no cached
+    normal: the first draw from a loaded state starts with a fresh twist), layout checked."""
+    state = torch.Generator().manual_seed(5489).get_state()
+    if not _mt_layout_ok(state):
+        raise RuntimeError(
+            f"torch {torch.__version__}: the CPU generator's serialized state has an unknown layout, so the "
+            "torch backend cannot key its CPU draws by 64 bits; please report it with your torch version"
+        )
+    out = state.numpy().copy()
+    out.flags.writeable = False
+    return out
 
-    __slots__ = ("gen", "state", "words", "bits", "_key", "_philox_state")
+
+def _mt_words(keys: np.ndarray) -> np.ndarray:
+    """The 624 mt19937 state words (as uint64 values below 2**32, torch's layout) of each 64-bit key
+    state in ``keys`` (uint64, shape (n,)): shape (n, 624)."""
+    halves = mix64_array(keys[:, None], _MT_WORD_DATA[None, :])  # (n, 312)
+    words = np.empty((len(keys), _MT_N), dtype=np.uint64)
+    words[:, 0::2] = halves & np.uint64(0xFFFFFFFF)
+    words[:, 1::2] = halves >> np.uint64(32)
+    return words
+
+
+class _KeyedMT:
+    """This thread's torch CPU generator and a serialized state to load words into."""
+
+    __slots__ = ("gen", "state", "words")
 
     def __init__(self) -> None:
         self.gen = torch.Generator()
-        self.gen.manual_seed(5489)  # left = 1, no cached normal: the next draw starts a fresh twist
-        self.state = self.gen.get_state()
-        if not _mt_layout_ok(self.state):
-            raise RuntimeError(
-                f"torch {torch.__version__}: the CPU generator's serialized state has an unknown layout, so the "
-                "torch backend cannot key its CPU draws by 64 bits; please report it with your torch version"
-            )
+        self.state = torch.from_numpy(_mt_template().copy())
         self.words = self.state.numpy()[_MT_OFFSET : _MT_OFFSET + 8 * _MT_N].view(np.uint64)
-        self.bits = np.random.Philox(0)
-        self._key = np.zeros(2, dtype=np.uint64)
-        self._philox_state = {
-            "bit_generator": "Philox",
-            "state": {"counter": np.zeros(4, dtype=np.uint64), "key": self._key},
-            "buffer": np.zeros(4, dtype=np.uint64),
-            "buffer_pos": 4,
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
 
-    def reset(self, state: int) -> torch.Generator:
-        self._key[0] = state  # the setter copies: the dict is reused, never aliased
-        self.bits.state = self._philox_state
-        self.words[:] = self.bits.random_raw(_MT_N // 2).view(np.uint32)
+    def load(self, words: np.ndarray) -> torch.Generator:
+        """The generator, its state set to ``words`` (a row of :func:`_mt_words`)."""
+        self.words[:] = words
         self.gen.set_state(self.state)
         return self.gen
 
@@ -146,11 +155,12 @@ class _KeyedMT:
 _KEYED_MT = threading.local()
 
 
-def _keyed_mt() -> _KeyedMT:
-    mt = getattr(_KEYED_MT, "gen", None)
+def _keyed_mt(words: np.ndarray) -> torch.Generator:
+    """This thread's kept CPU generator, loaded with ``words`` (a row of :func:`_mt_words`)."""
+    mt = getattr(_KEYED_MT, "mt", None)
     if mt is None:
-        mt = _KEYED_MT.gen = _KeyedMT()
-    return mt
+        mt = _KEYED_MT.mt = _KeyedMT()
+    return mt.load(words)
 
 
 def _mt_fill(method: str, gen: torch.Generator, out: torch.Tensor) -> None:
@@ -182,19 +192,24 @@ def _host_ids(sample_ids: Any) -> np.ndarray:
     return np.asarray(sample_ids.tolist())
 
 
+_ROWS_PER_BATCH = 256
+_STEPS_PER_BATCH = 64  # a loop's step draws: the words of 64 steps at once (about 1 us a step)
+
+
 def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, sample_ids: Any) -> torch.Tensor:
     """A CPU draw from mt19937 keyed by the key's 64 bits; with ``sample_ids``, row b keyed by
     ``fold_in(key, sample_ids[b])`` (one reset per row into one output buffer). bfloat16 / float16
     are drawn in float32 and rounded (uniforms kept below 1)."""
-    mt = _keyed_mt()
     out = torch.empty(shape, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32, device=_CPU)
     if sample_ids is None:
-        _mt_fill(method, mt.reset(key.state), out)
+        _mt_fill(method, _keyed_mt(_mt_words(np.array([key.state], dtype=np.uint64))[0]), out)
     else:
         ids = _host_ids(sample_ids)
         rows = out.view(len(ids), -1)  # row b as a flat view (also for shape (B,))
-        for b, state in enumerate(mix64_many(key.state, ids)):
-            _mt_fill(method, mt.reset(state), rows[b])
+        for a in range(0, len(ids), _ROWS_PER_BATCH):  # bounded memory: 5 KB of state per row
+            words = _mt_words(mix64_array(np.uint64(key.state), ids[a : a + _ROWS_PER_BATCH]))
+            for b, row in enumerate(words, start=a):
+                _mt_fill(method, _keyed_mt(row), rows[b])
     if out.dtype != dtype:
         out = out.to(dtype)
         if method == "uniform":  # float32 values just below 1 may round up to 1 in bf16 / fp16
@@ -234,7 +249,7 @@ class TorchBackend:
 
     Random numbers: keys are :class:`TorchKey` values (64 bits). On CPU a draw is torch's own
     (mt19937) fill from a generator state derived from the whole 64-bit key -- its 624 words are
-    the first outputs of NumPy's Philox-4x64 keyed by the key -- made in the target precision
+    the halves of ``fold_in(key, 2**63 + j).state``, j < 312 -- made in the target precision
     (float32 or float64; bfloat16 / float16 drawn in float32 and cast, uniforms kept below 1); row b of a ``sample_ids`` draw is the draw of ``fold_in(key, sample_ids[b])``.
     On CUDA (and other accelerators) a draw seeds torch's generator on that device (CUDA's is
     Philox and takes all 64 bits of the seed), so the same key gives different numbers on CPU and
@@ -299,12 +314,19 @@ class TorchBackend:
         state, out_dtype = key.state, first.dtype
         fill_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
         shape = tuple(first.shape)
+        chunk = [(-1, ())]  # (c, the state words of steps c * _STEPS_PER_BATCH, ...), replaced whole
 
         def draw(i: int) -> torch.Tensor:
             if i == 0:
                 return first
+            c, words = chunk[0]  # read once: another thread may replace the chunk meanwhile
+            if c != i // _STEPS_PER_BATCH:
+                c = i // _STEPS_PER_BATCH
+                words = _mt_words(mix64_array(np.uint64(state), np.arange(
+                    c * _STEPS_PER_BATCH, (c + 1) * _STEPS_PER_BATCH, dtype=np.uint64)))
+                chunk[0] = (c, words)
             out = torch.empty(shape, dtype=fill_dtype, device=_CPU)
-            out.normal_(generator=_keyed_mt().reset(mix64(state, i)))  # this thread's generator
+            out.normal_(generator=_keyed_mt(words[i - c * _STEPS_PER_BATCH]))  # this thread's generator
             return out if fill_dtype == out_dtype else out.to(out_dtype)
 
         return draw
