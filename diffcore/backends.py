@@ -42,6 +42,7 @@ __all__ = [
     "check_backend_array",
     "mix64",
     "mix64_array",
+    "splitmix64_array",
     "mix64_many",
 ]
 
@@ -188,7 +189,8 @@ def mix64(state: int, data: int) -> int:
     return _splitmix64(state ^ _splitmix64(int(data) & _M64))
 
 
-def _splitmix64_array(z: np.ndarray) -> np.ndarray:
+def splitmix64_array(z: np.ndarray) -> np.ndarray:
+    """splitmix64's output function (Steele et al. 2014) elementwise over a uint64 array."""
     z = z + np.uint64(0x9E3779B97F4A7C15)  # uint64 arrays wrap modulo 2**64
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -201,7 +203,7 @@ def mix64_array(state: Any, data: Any) -> np.ndarray:
     s = np.asarray(state, dtype=np.uint64)
     d = np.asarray(data)
     d = d.astype(np.int64).view(np.uint64) if d.dtype.kind == "i" else d.astype(np.uint64)
-    return _splitmix64_array(s ^ _splitmix64_array(d))
+    return splitmix64_array(s ^ splitmix64_array(d))
 
 
 def mix64_many(state: int, data: Any) -> list[int]:

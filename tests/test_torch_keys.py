@@ -136,3 +136,15 @@ def test_cpu_draws_stay_on_the_cpu_inside_a_device_context_and_prepared_draws_fo
     for t in threads:
         t.join()
     assert not bad
+
+
+def test_state_words_do_not_depend_on_the_byte_order_path(monkeypatch):
+    import diffcore_torch
+
+    keys = np.array([0, 1, 2**63 + 5, 2**64 - 1], dtype=np.uint64)
+    fast = diffcore_torch._mt_words(keys)
+    monkeypatch.setattr(diffcore_torch, "_LITTLE_ENDIAN", False)
+    portable = diffcore_torch._mt_words(keys)
+    assert fast.dtype == portable.dtype == np.uint64 and fast.shape == (4, 624)
+    np.testing.assert_array_equal(fast, portable)
+    assert int(portable.max()) < 2**32

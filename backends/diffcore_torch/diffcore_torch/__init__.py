@@ -9,6 +9,7 @@ Registered in the ``diffcore.backends`` entry-point group as ``torch``; get it w
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import warnings
 import weakref
@@ -25,6 +26,7 @@ from diffcore.backends import (
     check_shape,
     mix64,
     mix64_array,
+    splitmix64_array,
     per_sample_rows,
     python_loop,
     python_while_loop,
@@ -96,7 +98,8 @@ def _generator(device: torch.device) -> torch.Generator:
 # into a kept serialized generator state and loaded with ``set_state`` (about 2 us a draw).
 _MT_N = 624
 _MT_OFFSET = 24  # bytes before the state words (uint64 each) in torch's serialized CPU generator state
-_MT_WORD_DATA = np.uint64(2**63) + np.arange(_MT_N // 2, dtype=np.uint64)
+# the inner hash of mix64(k, 2**63 + j), the same for every key
+_MT_WORD_MIX = splitmix64_array(np.uint64(2**63) + np.arange(_MT_N // 2, dtype=np.uint64))
 
 
 def _mt_layout_ok(state: torch.Tensor) -> bool:
@@ -127,12 +130,18 @@ def _mt_template() -> np.ndarray:
 
 def _mt_words(keys: np.ndarray) -> np.ndarray:
     """The 624 mt19937 state words (as uint64 values below 2**32, torch's layout) of each 64-bit key
-    state in ``keys`` (uint64, shape (n,)): shape (n, 624)."""
-    halves = mix64_array(keys[:, None], _MT_WORD_DATA[None, :])  # (n, 312)
+    state in ``keys`` (uint64, shape (n,)): shape (n, 624), the low then the high half of
+    ``mix64(k, 2**63 + j)`` for j = 0..311."""
+    halves = splitmix64_array(keys[:, None] ^ _MT_WORD_MIX[None, :])  # (n, 312) = mix64(k, 2**63 + j)
+    if _LITTLE_ENDIAN:  # the uint32 view is (low, high) per uint64
+        return halves.view(np.uint32).astype(np.uint64)
     words = np.empty((len(keys), _MT_N), dtype=np.uint64)
     words[:, 0::2] = halves & np.uint64(0xFFFFFFFF)
     words[:, 1::2] = halves >> np.uint64(32)
     return words
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class _KeyedMT:
