@@ -202,7 +202,9 @@ def mix64_array(state: Any, data: Any) -> np.ndarray:
     data taken modulo 2**64, as ``mix64`` does)."""
     s = np.asarray(state, dtype=np.uint64)
     d = np.asarray(data)
-    d = d.astype(np.int64).view(np.uint64) if d.dtype.kind == "i" else d.astype(np.uint64)
+    # signed (and float or bool) values through int64, so that negatives wrap modulo 2**64 on every
+    # platform (a negative float cast straight to uint64 is undefined in C: it saturates on aarch64)
+    d = d.astype(np.uint64) if d.dtype.kind == "u" else d.astype(np.int64).view(np.uint64)
     return splitmix64_array(s ^ splitmix64_array(d))
 
 

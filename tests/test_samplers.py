@@ -572,6 +572,30 @@ def test_linear_combination_equals_the_plain_expression_and_leaves_its_inputs_al
     assert torch.equal(w.grad, torch.full_like(tx, 2.0))
     row = torch.arange(5, dtype=torch.float32)
     np.testing.assert_allclose(linear_combination(row, tx, 1.0, to).numpy(), row.numpy() * x + o, rtol=1e-6)
+    # promotions the plain expression makes (integer tensors, a complex coefficient): the plain result
+    xi = torch.arange(6).reshape(2, 3)
+    for coeffs in ((2, 0.5), (torch.tensor(2), torch.tensor(0.5)), (1.0, torch.tensor(1j))):
+        want_p = coeffs[0] * xi + coeffs[1] * xi
+        got_p = linear_combination(coeffs[0], xi, coeffs[1], xi)
+        assert got_p.dtype == want_p.dtype and torch.equal(got_p, want_p), coeffs
+
+
+def test_a_torch_step_vmapped_over_its_noise_alone():
+    """torch.func.vmap over the noise only (the state unbatched): the fused update must not write a
+    batched value into an unbatched tensor in place."""
+    import torch
+    from array_api_compat import torch as torch_xp
+
+    d = GaussianDiffusion(betas=get_named_beta_schedule("linear", 50))
+    s = build("ddpm", lambda x, t: 0.1 * x, d)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    plan = plan_to(s.plan, torch_xp, x.dtype, None)
+    row = tuple(p[0] for p in plan)
+    state = s.init(x)
+    zs = torch.randn(4, 2, 1, 3, dtype=torch.float64)
+    got = torch.func.vmap(lambda z: s.step(state, row, z, NO_WEIGHTS).x)(zs)
+    want = torch.stack([s.step(state, row, z, NO_WEIGHTS).x for z in zs])
+    torch.testing.assert_close(got, want)
 
 
 def test_nonfinite_x_T_is_not_blamed_on_the_model():

@@ -97,7 +97,8 @@ def test_draws_are_standard_and_keys_independent():
 def test_prepared_loop_draws_equal_the_generic_draws(dtype, ids):
     key = BK.fold_in(BK.key(2), 9)
     noise_at = BK.step_noise(key, (3, 1, 5), dtype, sample_ids=ids)
-    for i in (0, 1, 2, 7, 2**33):
+    # a loop's steps, a chunk of 64 and back, and any other integer fold_in takes (mod 2**64)
+    for i in (0, 1, 2, 7, 70, 63, 2**33, -1, -100, 2**63 + 5, 2**64 + 1):
         got = noise_at(i)
         want = BK.normal(BK.fold_in(key, i), (3, 1, 5), dtype, sample_ids=ids)
         assert got.dtype == dtype and torch.equal(got, want), i
@@ -148,3 +149,11 @@ def test_state_words_do_not_depend_on_the_byte_order_path(monkeypatch):
     assert fast.dtype == portable.dtype == np.uint64 and fast.shape == (4, 624)
     np.testing.assert_array_equal(fast, portable)
     assert int(portable.max()) < 2**32
+
+
+def test_float_and_empty_sample_ids():
+    key = BK.key(8)
+    ints = BK.normal(key, (3, 2), sample_ids=torch.tensor([-2, 0, 5]))
+    assert torch.equal(BK.normal(key, (3, 2), sample_ids=np.array([-2.0, 0.0, 5.0])), ints)  # negatives wrap alike
+    empty = BK.normal(key, (0, 4), torch.float64, sample_ids=torch.zeros(0, dtype=torch.int64))
+    assert tuple(empty.shape) == (0, 4) and empty.dtype == torch.float64

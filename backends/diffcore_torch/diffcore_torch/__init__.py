@@ -214,6 +214,8 @@ def _cpu_draw(method: str, key: TorchKey, shape: tuple, dtype: torch.dtype, samp
         _mt_fill(method, _keyed_mt(_mt_words(np.array([key.state], dtype=np.uint64))[0]), out)
     else:
         ids = _host_ids(sample_ids)
+        if out.numel() == 0:
+            return out.to(dtype)
         rows = out.view(len(ids), -1)  # row b as a flat view (also for shape (B,))
         for a in range(0, len(ids), _ROWS_PER_BATCH):  # bounded memory: 5 KB of state per row
             words = _mt_words(mix64_array(np.uint64(key.state), ids[a : a + _ROWS_PER_BATCH]))
@@ -323,11 +325,14 @@ class TorchBackend:
         state, out_dtype = key.state, first.dtype
         fill_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
         shape = tuple(first.shape)
-        chunk = [(-1, ())]  # (c, the state words of steps c * _STEPS_PER_BATCH, ...), replaced whole
+        chunk = [(None, ())]  # (c, the state words of steps c * _STEPS_PER_BATCH, ...), replaced whole
+        generic = lambda i: self.normal(self.fold_in(key, i), shape, dtype, sample_ids=None, device=device)  # noqa: E731
 
         def draw(i: int) -> torch.Tensor:
             if i == 0:
                 return first
+            if not 0 < i < 2**63:  # a loop's steps are 0..n-1; any other integer as fold_in takes it
+                return generic(i)
             c, words = chunk[0]  # read once: another thread may replace the chunk meanwhile
             if c != i // _STEPS_PER_BATCH:
                 c = i // _STEPS_PER_BATCH
