@@ -43,7 +43,6 @@ __all__ = [
     "mix64",
     "mix64_array",
     "splitmix64_array",
-    "mix64_many",
 ]
 
 ENTRY_POINT_GROUP = "diffcore.backends"
@@ -206,11 +205,6 @@ def mix64_array(state: Any, data: Any) -> np.ndarray:
     # platform (a negative float cast straight to uint64 is undefined in C: it saturates on aarch64)
     d = d.astype(np.uint64) if d.dtype.kind == "u" else d.astype(np.int64).view(np.uint64)
     return splitmix64_array(s ^ splitmix64_array(d))
-
-
-def mix64_many(state: int, data: Any) -> list[int]:
-    """``[mix64(state, d) for d in data]``, vectorised (one key per example of a keyed draw)."""
-    return mix64_array(np.uint64(state), np.asarray(data).astype(np.int64)).tolist()
 
 
 def check_seed(seed: Any) -> int:
