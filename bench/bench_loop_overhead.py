@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:backends/diffcore_torch:backends/diffcore_jax \\
         .venv/bin/python bench/bench_loop_overhead.py [--steps 1000] [--repeats 9] [--batch 16 ...] [--no-jax] [--no-diffusers]
+            [--decompose] [--processes K]
 
 DDPM ancestral sampling of a (16, 3, 32, 32) float32 batch (``--batch``: other sizes) with a trivial model (x -> 0.1 x) on
 linear betas, on the CPU with one thread (the model costs next to nothing, so what is measured is
@@ -26,6 +27,9 @@ runs of one round (the headline numbers), ``spread`` the range of the middle hal
 per-round CPU ratios (25th-75th percentile), ``best CPU x`` the ratio of the best CPU times.
 Threads: torch runs on one (``torch.set_num_threads(1)``), XLA is told to use one; both are
 printed. ``--batch`` takes several batch sizes (the issue's is 16); each gets its own table rows.
+``--processes K`` runs the whole bench in K fresh processes one after another and ends with each
+contender's K per-process medians and their median: the memory layout of one process moves these
+ratios by several per cent here, more than the spread of rounds inside one run.
 Before timing, the hand-written torch loop is checked against diffcore's with diffcore's noise fed
 to it (same math: outputs agree to float32 rounding). JAX compiles once, in the warm-up, outside
 the timings. Nothing is asserted beyond that check.
@@ -199,12 +203,13 @@ def jax_contenders(d: GaussianDiffusion) -> dict[str, Callable[[], Any]]:
 # ------------------------------------------------------------------------------------------- main
 
 
-def report(framework: str, batch: int, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> None:
+def report(framework: str, batch: int, times: dict[str, list[tuple[float, float]]], reference: str, steps: int) -> dict[str, float]:
     """One row per contender: best wall and CPU time of a run, CPU per step, and the ratios to the
     reference: medians over rounds of the per-round CPU and wall ratios (the two runs of a round
     ran back to back, under about the same load), the middle half of the per-round CPU ratios,
     and the ratio of the best CPU times."""
     ref = times[reference]
+    medians = {}
     for name, runs in times.items():
         wall, cpu = min(w for w, _ in runs), min(c for _, c in runs)
         cpu_ratios = np.array([c / rc for (_, c), (_, rc) in zip(runs, ref)])
@@ -215,6 +220,31 @@ def report(framework: str, batch: int, times: dict[str, list[tuple[float, float]
             f" {np.median(cpu_ratios):>9.2f} | {np.median(wall_ratios):>10.2f} | {q1:>4.2f}-{q3:<4.2f} |"
             f" {cpu / min(c for _, c in ref):>10.2f} |"
         )
+        medians[f"{framework} | {batch} | {name}"] = float(np.median(cpu_ratios))
+    return medians
+
+
+def over_processes(k: int, argv: list[str]) -> None:
+    """Run this bench in ``k`` fresh processes one after another (their tables printed as they
+    come) and summarise each contender's per-process median CPU ratio: a process's memory layout
+    moves these ratios by several per cent on this machine, beyond the spread inside one run."""
+    import json
+    import subprocess
+    import tempfile
+
+    found: dict[str, list[float]] = {}
+    for i in range(k):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "medians.json"
+            print(f"\n## process {i + 1} of {k}", flush=True)
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--medians-json", str(out)], check=True)
+            for name, ratio in json.loads(out.read_text()).items():
+                found.setdefault(name, []).append(ratio)
+    print(f"\n## med CPU x of each contender in {k} processes (and their median)\n")
+    print(f"| {'fw | batch | contender':<44} | per process | median |")
+    print("|----------------------------------------------|-------------|-------:|")
+    for name, ratios in found.items():
+        print(f"| {name:<44} | {', '.join(f'{r:.2f}' for r in ratios)} | {np.median(ratios):.2f} |")
 
 
 def main() -> None:
@@ -227,8 +257,22 @@ def main() -> None:
     parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers' DDPMScheduler")
     parser.add_argument("--decompose", action="store_true",
                         help="torch: also the hand-written loop with diffcore's keyed draw, and with its non-finite probe")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run the whole bench in this many fresh processes, then summarise their medians (default 1)")
+    parser.add_argument("--medians-json", default=None, help=argparse.SUPPRESS)  # a child of --processes writes here
     args = parser.parse_args()
+    if args.processes > 1:
+        argv, skip = [], False
+        for a in sys.argv[1:]:  # the same options, less --processes
+            if skip:
+                skip = False
+            elif a == "--processes":
+                skip = True
+            elif not a.startswith("--processes="):
+                argv.append(a)
+        return over_processes(args.processes, argv)
     steps, repeats = args.steps, args.repeats
+    medians: dict[str, float] = {}
 
     import torch
 
@@ -268,16 +312,20 @@ def main() -> None:
         t_contenders = torch_contenders(d, steps, not args.no_diffusers, args.decompose)
         for run in t_contenders.values():  # warm-up
             run()
-        report("torch", batch, interleaved(t_contenders, repeats), "hand-written torch loop", steps)
+        medians.update(report("torch", batch, interleaved(t_contenders, repeats), "hand-written torch loop", steps))
 
         if jax is not None:
             j_contenders = jax_contenders(d)
             for run in j_contenders.values():  # warm-up: compiles
                 run()
-            report("jax", batch, interleaved(j_contenders, repeats), "hand-written jitted lax.scan", steps)
+            medians.update(report("jax", batch, interleaved(j_contenders, repeats), "hand-written jitted lax.scan", steps))
     if load:
         load = os.getloadavg()
         print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if args.medians_json:
+        import json
+
+        Path(args.medians_json).write_text(json.dumps(medians))
 
 
 if __name__ == "__main__":
