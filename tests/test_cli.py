@@ -277,3 +277,50 @@ def test_nll_and_sample_on_two_thread_ranks_equal_one_process(tmp_path, monkeypa
     # the step-size controller sees its shard's error norm: the step count may differ by a few
     assert abs(two_nll["NFE"] - one_nll["NFE"]) <= 0.1 * one_nll["NFE"], (two_nll["NFE"], one_nll["NFE"])
     np.testing.assert_allclose(two_x, one_x, rtol=1e-5, atol=1e-5)
+
+
+def test_two_jax_processes_train_and_sample_as_one(tmp_path):
+    """The command in a `jax.distributed` job of two processes (one CPU device each, named by
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID as a launcher sets them): the
+    batch sharded over the two processes' devices, process 0 writes; the weights equal one
+    process's, and the samples and bits/dim of the two (each its block, global sample_ids) equal
+    one process's. (It found that JAX reads only the address from the environment, and that the
+    default device was process 0's in every process.)"""
+    pytest.importorskip("jax")
+    from test_jax_distributed import _env, _free_port
+
+    from diffcore.checkpoints import latest_checkpoint, load_checkpoint
+
+    args = ["--backend", "jax", *TINY, "--model", "vp", "--steps", 4, "--train.ema_decay", "0.9"]
+
+    def job(*cli):
+        port, procs = _free_port(), []
+        for rank in range(2):
+            env = {**_env(1), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+                   "JAX_PROCESS_ID": str(rank)}
+            procs.append(subprocess.Popen([sys.executable, "-m", "diffcore", *map(str, cli)], cwd=ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    job("train", "--run", two, *args)
+    diffcore("train", "--run", one, *args, env=_env(1))
+    a, b = (load_checkpoint(latest_checkpoint(r)) for r in (two, one))
+    assert (a.state["processes"], b.state["processes"], a.step) == (2, 1, 4)
+    for name in b.params:
+        np.testing.assert_allclose(a.params[name], b.params[name], rtol=2e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a.ema[name], b.ema[name], rtol=2e-5, atol=1e-6, err_msg=name)
+    sample = ["sample", "--run", two, "--sampler", "euler_maruyama", "--steps", 8, "--n", 9, "--quiet"]
+    job(*sample)
+    x2 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
+    diffcore(*sample, env=_env(1))
+    x1 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
+    assert x1.shape == (9, 2)
+    np.testing.assert_allclose(x2, x1, rtol=1e-5, atol=1e-5)
+    nll = ["nll", "--run", two, "--examples", 3, "--nll.rtol", "1e-3", "--nll.atol", "1e-3", "--quiet"]
+    job(*nll)
+    bpd2 = json.loads((two / "summary.json").read_text())["nll"]["ode"]["bits/dim"]
+    diffcore(*nll, env=_env(1))
+    bpd1 = json.loads((two / "summary.json").read_text())["nll"]["ode"]["bits/dim"]
+    np.testing.assert_allclose(bpd2, bpd1, rtol=1e-3)  # shards of 2 and 1: the solver's steps may differ slightly

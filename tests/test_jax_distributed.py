@@ -157,6 +157,15 @@ def test_init_world_without_a_job_is_local_and_checks_its_arguments(monkeypatch)
         init_world(heartbeat_timeout=0)
     with pytest.raises(ValueError, match="process_id = 2 must be < num_processes = 2"):
         init_world("localhost:1", 2, 2)
+    # a launcher's environment: JAX reads only the address; the count and the id are read here
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be a whole number; got 'two'"):
+        init_world()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")
+    with pytest.raises(ValueError, match="process_id = 2 must be < num_processes = 2"):
+        init_world()
 
 
 def test_trainer_mesh_argument():

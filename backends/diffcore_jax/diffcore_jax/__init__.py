@@ -366,8 +366,8 @@ class JaxBackend:
         return found
 
     def device(self, spec: Any = None) -> Any:
-        if spec is None:
-            return jax.devices()[0]
+        if spec is None:  # this process's first device (in a jax.distributed job, devices()[0] is process 0's)
+            return jax.local_devices()[0]
         if isinstance(spec, jax.Device):
             return spec
         if isinstance(spec, str):

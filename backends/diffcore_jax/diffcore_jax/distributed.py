@@ -1,9 +1,9 @@
 """Several JAX processes: :class:`JaxWorld`, the ``diffcore.distributed.World`` over ``jax.distributed``.
 
 ``init_world()`` starts ``jax.distributed`` (when asked, or when the launcher's environment says
-this is a multi-process job: ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
-``JAX_PROCESS_ID``, or SLURM's ``SLURM_NTASKS > 1`` / Open MPI's ``OMPI_COMM_WORLD_SIZE > 1``,
-which JAX reads itself) and returns a :class:`JaxWorld`; a single process gets
+this is a multi-process job: ``JAX_COORDINATOR_ADDRESS`` (read by JAX) with ``JAX_NUM_PROCESSES``
+and ``JAX_PROCESS_ID`` (read here: JAX reads only the address), or SLURM's ``SLURM_NTASKS > 1`` /
+Open MPI's ``OMPI_COMM_WORLD_SIZE > 1``, which JAX reads itself) and returns a :class:`JaxWorld`; a single process gets
 ``diffcore.distributed.LOCAL``. The gradient all-reduce is not here: the trainer's jitted step runs
 on a mesh over every process's devices and XLA's SPMD partitioner inserts it. This module only
 carries the host-side collectives of the loop (gathering per-example losses, agreeing on stop,
@@ -121,6 +121,17 @@ def _launcher_env() -> bool:
     return False
 
 
+def _env_int(name: str) -> int | None:
+    """A whole number from the environment variable ``name``, or None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name} must be a whole number; got {value!r}") from None
+
+
 def init_world(
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -144,6 +155,11 @@ def init_world(
     """
     import jax
 
+    # JAX reads the coordinator's address from JAX_COORDINATOR_ADDRESS but not the process count or
+    # this process's id: a launcher that sets all three (docs/distributed_jax.md) is read here
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        num_processes = _env_int("JAX_NUM_PROCESSES") if num_processes is None else num_processes
+        process_id = _env_int("JAX_PROCESS_ID") if process_id is None else process_id
     for name, value in (("heartbeat_timeout", heartbeat_timeout), ("shutdown_timeout", shutdown_timeout),
                         ("initialization_timeout", initialization_timeout)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
