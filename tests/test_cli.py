@@ -194,6 +194,30 @@ def test_colorize_refuses_grey_data(tmp_path, capsys):
     assert "--colorize and --inpaint both choose the known part" in capsys.readouterr().err
 
 
+def _two_processes_train_and_sample_as_one(tmp_path, launch_two, args, *, steps, rtol, env=None):
+    """``launch_two(*cli)`` runs the command on two processes; the same run on one (``env``) must
+    reach the same weights and EMA (``rtol``) after ``steps``, and draw the same 9 samples. Returns
+    the two-process run's directory."""
+    from diffcore.checkpoints import latest_checkpoint, load_checkpoint
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch_two("train", "--run", two, *args)
+    diffcore("train", "--run", one, *args, env=env)
+    a, b = (load_checkpoint(latest_checkpoint(r)) for r in (two, one))
+    assert (a.state["processes"], b.state["processes"], a.step) == (2, 1, steps)
+    for name in b.params:
+        np.testing.assert_allclose(a.params[name], b.params[name], rtol=rtol, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a.ema[name], b.ema[name], rtol=rtol, atol=1e-6, err_msg=name)
+    sample = ["sample", "--run", two, "--sampler", "euler_maruyama", "--steps", 8, "--n", 9, "--quiet"]
+    launch_two(*sample)
+    x2 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
+    diffcore(*sample, env=env)
+    x1 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
+    assert x1.shape == (9, 2)
+    np.testing.assert_allclose(x2, x1, rtol=1e-5, atol=1e-5)
+    return two
+
+
 def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
     """`torchrun --nproc_per_node=2 -m diffcore -- train / sample`: DDP over gloo, each rank its
     block of the batch and of the samples; rank 0 writes. The same run trained by one process has
@@ -202,7 +226,6 @@ def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    from diffcore.checkpoints import latest_checkpoint, load_checkpoint
 
     args = [*TINY, "--model", "vp", "--steps", 6, "--network.dropout", "0.1", "--train.ema_decay", "0.9"]
 
@@ -215,22 +238,8 @@ def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
         assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
         return run
 
-    two, one = tmp_path / "two", tmp_path / "one"
-    torchrun("train", "--run", two, *args)
-    diffcore("train", "--run", one, *args)
-    a, b = (load_checkpoint(latest_checkpoint(r)) for r in (two, one))
-    assert (a.state["processes"], b.state["processes"], a.step) == (2, 1, 6)
+    two = _two_processes_train_and_sample_as_one(tmp_path, torchrun, args, steps=6, rtol=1e-5)
     assert json.loads((two / "summary.json").read_text())["steps"] == 6
-    for name in b.params:
-        np.testing.assert_allclose(a.params[name], b.params[name], rtol=1e-5, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(a.ema[name], b.ema[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    sample = ["sample", "--run", two, "--sampler", "euler_maruyama", "--steps", 8, "--n", 9, "--quiet"]
-    torchrun(*sample)
-    x2 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
-    diffcore(*sample)
-    x1 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
-    assert x1.shape == (9, 2)
-    np.testing.assert_allclose(x2, x1, rtol=1e-5, atol=1e-5)
 
 
 def test_nll_and_sample_on_two_thread_ranks_equal_one_process(tmp_path, monkeypatch, torch_one_thread):
@@ -289,8 +298,6 @@ def test_two_jax_processes_train_and_sample_as_one(tmp_path):
     pytest.importorskip("jax")
     from test_jax_distributed import _env, _free_port
 
-    from diffcore.checkpoints import latest_checkpoint, load_checkpoint
-
     args = ["--backend", "jax", *TINY, "--model", "vp", "--steps", 4, "--train.ema_decay", "0.9"]
 
     def job(*cli):
@@ -303,21 +310,7 @@ def test_two_jax_processes_train_and_sample_as_one(tmp_path):
         outs = [p.communicate(timeout=240)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
 
-    two, one = tmp_path / "two", tmp_path / "one"
-    job("train", "--run", two, *args)
-    diffcore("train", "--run", one, *args, env=_env(1))
-    a, b = (load_checkpoint(latest_checkpoint(r)) for r in (two, one))
-    assert (a.state["processes"], b.state["processes"], a.step) == (2, 1, 4)
-    for name in b.params:
-        np.testing.assert_allclose(a.params[name], b.params[name], rtol=2e-5, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(a.ema[name], b.ema[name], rtol=2e-5, atol=1e-6, err_msg=name)
-    sample = ["sample", "--run", two, "--sampler", "euler_maruyama", "--steps", 8, "--n", 9, "--quiet"]
-    job(*sample)
-    x2 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
-    diffcore(*sample, env=_env(1))
-    x1 = np.load(two / "pictures" / "samples-euler_maruyama.npy")
-    assert x1.shape == (9, 2)
-    np.testing.assert_allclose(x2, x1, rtol=1e-5, atol=1e-5)
+    two = _two_processes_train_and_sample_as_one(tmp_path, job, args, steps=4, rtol=2e-5, env=_env(1))
     nll = ["nll", "--run", two, "--examples", 3, "--nll.rtol", "1e-3", "--nll.atol", "1e-3", "--quiet"]
     job(*nll)
     bpd2 = json.loads((two / "summary.json").read_text())["nll"]["ode"]["bits/dim"]

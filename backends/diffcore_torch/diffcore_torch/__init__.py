@@ -317,16 +317,16 @@ class TorchBackend:
         """``i -> normal(fold_in(key, i), shape, dtype, sample_ids=, device=)``, checked once: the
         eager loop's per-step draw (a CPU draw without ``sample_ids`` skips the per-draw checks,
         about 25 us a step)."""
-        first = self.normal(self.fold_in(key, 0), shape, dtype, sample_ids=sample_ids, device=device)  # checks all
+        def generic(i: int) -> torch.Tensor:
+            return self.normal(self.fold_in(key, i), shape, dtype, sample_ids=sample_ids, device=device)
+
+        first = generic(0)  # checks all
         if first.device.type != "cpu" or sample_ids is not None:
-            return lambda i: first if i == 0 else self.normal(
-                self.fold_in(key, i), shape, dtype, sample_ids=sample_ids, device=device
-            )
+            return lambda i: first if i == 0 else generic(i)
         state, out_dtype = key.state, first.dtype
         fill_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-        shape = tuple(first.shape)
+        fill_shape = tuple(first.shape)
         chunk = [(None, ())]  # (c, the state words of steps c * _STEPS_PER_BATCH, ...), replaced whole
-        generic = lambda i: self.normal(self.fold_in(key, i), shape, dtype, sample_ids=None, device=device)  # noqa: E731
 
         def draw(i: int) -> torch.Tensor:
             if i == 0:
@@ -339,7 +339,7 @@ class TorchBackend:
                 words = _mt_words(mix64_array(np.uint64(state), np.arange(
                     c * _STEPS_PER_BATCH, (c + 1) * _STEPS_PER_BATCH, dtype=np.uint64)))
                 chunk[0] = (c, words)
-            out = torch.empty(shape, dtype=fill_dtype, device=_CPU)
+            out = torch.empty(fill_shape, dtype=fill_dtype, device=_CPU)
             out.normal_(generator=_keyed_mt(words[i - c * _STEPS_PER_BATCH]))  # this thread's generator
             return out if fill_dtype == out_dtype else out.to(out_dtype)
 
