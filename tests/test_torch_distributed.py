@@ -15,6 +15,8 @@ c. sharded DDPM sampling, VLB and ODE likelihood (global ``sample_ids``, ``gathe
 d. after rank 1's death torchrun exits non-zero within 30 s, naming the failed rank, and the
    last checkpoint loads.
 
+A second, small job: the group init_world joined is destroyed before Python finalises.
+
 In this process: without torchrun the world is ``LOCAL``; a trainer of several ranks without a
 process group is an error; a caller's 1-rank gloo group is wrapped as a ``TorchWorld`` whose
 gather, flag and barrier work and whose trainer runs without DDP.
@@ -170,6 +172,31 @@ def test_killed_worker_fails_the_job_quickly_and_leaves_a_loadable_checkpoint(tw
     last = load_checkpoint(two_ranks["run2"])  # verifies sizes and checksums
     assert job.STEPS <= last.step <= KILL_AFTER and last.step % job.CKPT_EVERY == 0
     assert list_checkpoints(two_ranks["run2"])[-1].name == f"step_{last.step:09d}"
+
+
+_LEAVES_SCRIPT = """
+import atexit, sys
+import torch.distributed as dist
+# registered first, so it runs last: after init_world's own exit handler
+atexit.register(lambda: print(f"at exit the group is initialised: {dist.is_initialized()}", flush=True))
+from diffcore_torch.distributed import init_world
+import numpy as np
+world = init_world("cpu", timeout_s=60)
+print(f"rank {world.rank} gathered {world.all_gather(np.array([world.rank])).tolist()}", flush=True)
+"""
+
+
+def test_a_group_init_world_joined_is_left_before_python_finalises(tmp_path):
+    """A gloo group left to the interpreter's finalisation can abort a rank that succeeded
+    (SIGABRT, "terminate called without an active exception": seen once in CI, in the command's
+    torchrun test). init_world destroys the group it joined in an exit handler, while Python is whole."""
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVES_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"}, timeout=JOB_TIMEOUT_S)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert run.stdout.count("gathered [0, 1]") == 2, run.stdout
+    assert run.stdout.count("at exit the group is initialised: False") == 2, run.stdout
 
 
 # ------------------------------------------------------------------------------ in this process

@@ -10,6 +10,7 @@ checkpoints (docs/distributed.md).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import math
 import os
@@ -168,4 +169,14 @@ def init_world(device: Any = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> W
             timeout=datetime.timedelta(seconds=float(timeout_s)),
             device_id=device if device.type == "cuda" else None,
         )
+        # The group this function joined is left at exit while Python is still whole: a gloo group
+        # torn down only by the interpreter's finalisation can abort the process ("terminate called
+        # without an active exception", SIGABRT) after a run that succeeded. A group the caller
+        # initialised is the caller's to destroy.
+        atexit.register(_leave_group)
     return TorchWorld(device, float(timeout_s))
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
