@@ -16,13 +16,14 @@ an ODE solve: ranks may take different numbers of adaptive steps; they meet afte
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .checks import check_int
 
-__all__ = ["World", "LocalWorld", "LOCAL", "world_of", "shard", "gather_rows"]
+__all__ = ["World", "LocalWorld", "LOCAL", "world_of", "shard", "gather_rows", "env_int"]
 
 
 @runtime_checkable
@@ -112,3 +113,14 @@ def gather_rows(world: World, local: Any, n: int) -> np.ndarray:
     blocks = world.all_gather(padded).reshape((world.size, longest) + local.shape[1:])
     return np.concatenate([blocks[r][: len(_block(n, r, world.size))] for r in range(world.size)], axis=0)
 
+
+def env_int(name: str) -> int | None:
+    """The whole number in the environment variable ``name`` (a launcher's WORLD_SIZE, LOCAL_RANK,
+    JAX_NUM_PROCESSES ...), or None when it is unset or empty; anything else is an error naming it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name} must be a whole number; got {value!r}") from None

@@ -212,6 +212,9 @@ def test_without_torchrun_the_world_is_local(monkeypatch):
     for bad in (0, -1.0, float("nan"), "30", True):
         with pytest.raises(ValueError, match=r"timeout_s must be a positive number of seconds; got"):
             init_world(timeout_s=bad)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="the environment variable WORLD_SIZE must be a whole number; got 'two'"):
+        init_world("cpu")
     monkeypatch.setenv("WORLD_SIZE", "2")
     for v in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(v, raising=False)

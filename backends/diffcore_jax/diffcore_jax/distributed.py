@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from diffcore.distributed import LOCAL
+from diffcore.distributed import LOCAL, env_int
 
 __all__ = ["JaxWorld", "init_world", "ProcessFailure", "is_runtime_failure", "HEARTBEAT_TIMEOUT", "SHUTDOWN_TIMEOUT", "INITIALIZATION_TIMEOUT"]
 
@@ -121,17 +121,6 @@ def _launcher_env() -> bool:
     return False
 
 
-def _env_int(name: str) -> int | None:
-    """A whole number from the environment variable ``name``, or None when it is unset or empty."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"the environment variable {name} must be a whole number; got {value!r}") from None
-
-
 def init_world(
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -158,8 +147,8 @@ def init_world(
     # JAX reads the coordinator's address from JAX_COORDINATOR_ADDRESS but not the process count or
     # this process's id: a launcher that sets all three (docs/distributed_jax.md) is read here
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        num_processes = _env_int("JAX_NUM_PROCESSES") if num_processes is None else num_processes
-        process_id = _env_int("JAX_PROCESS_ID") if process_id is None else process_id
+        num_processes = env_int("JAX_NUM_PROCESSES") if num_processes is None else num_processes
+        process_id = env_int("JAX_PROCESS_ID") if process_id is None else process_id
     for name, value in (("heartbeat_timeout", heartbeat_timeout), ("shutdown_timeout", shutdown_timeout),
                         ("initialization_timeout", initialization_timeout)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

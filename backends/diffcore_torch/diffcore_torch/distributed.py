@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from diffcore.distributed import LOCAL, World
+from diffcore.distributed import LOCAL, World, env_int
 
 __all__ = ["TorchWorld", "init_world", "DEFAULT_TIMEOUT_S"]
 
@@ -62,7 +62,8 @@ class TorchWorld:
             raise RuntimeError("torch.distributed's default process group is not initialised: use init_world()")
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        local_rank = env_int("LOCAL_RANK")
+        self.local_rank = self.rank if local_rank is None else local_rank
         self.device = device
         self.timeout_s = timeout_s
         self.backend = dist.get_backend()
@@ -105,16 +106,6 @@ class TorchWorld:
         return f"TorchWorld(rank={self.rank}, size={self.size}, backend={self.backend!r}, device={str(self.device)!r})"
 
 
-def _env_int(name: str) -> int | None:
-    v = os.environ.get(name)
-    if v is None or v == "":
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={v!r} must be an integer (torchrun sets it)") from None
-
-
 def init_world(device: Any = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """This process's world: a :class:`TorchWorld` under torchrun (``WORLD_SIZE`` > 1), else ``LOCAL``.
 
@@ -129,12 +120,12 @@ def init_world(device: Any = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> W
     if not dist.is_available():
         raise RuntimeError(f"torch {torch.__version__} was built without torch.distributed: it cannot run several processes")
     initialised = dist.is_initialized()
-    size = dist.get_world_size() if initialised else (_env_int("WORLD_SIZE") or 1)
+    size = dist.get_world_size() if initialised else (env_int("WORLD_SIZE") or 1)
     if size < 1:
         raise ValueError(f"WORLD_SIZE must be >= 1; got {size}")
     if size == 1 and not initialised:
         return LOCAL
-    local_rank = _env_int("LOCAL_RANK") or 0
+    local_rank = env_int("LOCAL_RANK") or 0
     if device is None:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
