@@ -223,16 +223,13 @@ def test_torchrun_trains_and_samples_the_same_as_one_process(tmp_path):
     block of the batch and of the samples; rank 0 writes. The same run trained by one process has
     the same weights, and the samples of 2 ranks equal those of 1, example by example (nll's
     sharding: test_nll_and_sample_on_two_thread_ranks_equal_one_process)."""
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
+    from test_torch_distributed import TORCHRUN  # skips without torch.distributed and gloo
 
     args = [*TINY, "--model", "vp", "--steps", 6, "--network.dropout", "0.1", "--train.ema_decay", "0.9"]
 
     def torchrun(*cli):
         # "--": torchrun's own parser would take --run for an abbreviation of its --run-path
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffcore", "--",
-               *map(str, cli)]
+        cmd = [*TORCHRUN, "-m", "diffcore", "--", *map(str, cli)]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"

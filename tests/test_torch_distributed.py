@@ -47,6 +47,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import torch_dist_job as job  # noqa: E402
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # two ranks here
 KILL_AFTER = job.STEPS + 3  # rank 1 dies after step 11 (the run checkpoints every 2 steps)
 JOB_TIMEOUT_S = 120
 
@@ -65,10 +66,7 @@ def two_ranks(tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
     out, run_dir = base / "out", base / "run2"
     out.mkdir()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(HERE / "torch_dist_job.py"), str(out), str(run_dir), "--kill-after", str(KILL_AFTER),
-    ]
+    cmd = [*TORCHRUN, str(HERE / "torch_dist_job.py"), str(out), str(run_dir), "--kill-after", str(KILL_AFTER)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     threads = torch.get_num_threads()
@@ -192,7 +190,7 @@ def test_a_group_init_world_joined_is_left_before_python_finalises(tmp_path):
     torchrun test). init_world destroys the group it joined in an exit handler, while Python is whole."""
     script = tmp_path / "leave.py"
     script.write_text(_LEAVES_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    cmd = [*TORCHRUN, str(script)]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"}, timeout=JOB_TIMEOUT_S)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert run.stdout.count("gathered [0, 1]") == 2, run.stdout
