@@ -534,18 +534,19 @@ def test_torch_probe_is_exact_at_the_largest_finite_values(dtype):
     finite = torch.tensor([[big, big], [-big, big]], dtype=dt)
     flag = torch.tensor(-1)
     for bad, index in ((None, -1), (float("inf"), 2), (float("-inf"), 2), (float("nan"), 2)):
-        with nonfinite_probes() as probes:
-            for i in range(4):
-                x = finite.clone()
-                if bad is not None and i >= index:
-                    x[1, 0] = bad
-                assert flag_nonfinite(flag, x, torch.tensor(i)) is flag  # kept aside
-        assert probes.first_bad(flag) == index, (dtype, bad)
-        for i in range(4):  # the flag carried in the state (outside a probed run) agrees
+
+        def state(i):  # step i's state: bad from step `index` on
             x = finite.clone()
             if bad is not None and i >= index:
                 x[1, 0] = bad
-            flag = flag_nonfinite(flag, x, torch.tensor(i))
+            return x
+
+        with nonfinite_probes() as probes:
+            for i in range(4):
+                assert flag_nonfinite(flag, state(i), torch.tensor(i)) is flag  # kept aside
+        assert probes.first_bad(flag) == index, (dtype, bad)
+        for i in range(4):  # the flag carried in the state (outside a probed run) agrees
+            flag = flag_nonfinite(flag, state(i), torch.tensor(i))
         assert int(flag) == index
         flag = torch.tensor(-1)
 

@@ -128,6 +128,9 @@ def _mt_template() -> np.ndarray:
     return out
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
 def _mt_words(keys: np.ndarray) -> np.ndarray:
     """The 624 mt19937 state words (as uint64 values below 2**32, torch's layout) of each 64-bit key
     state in ``keys`` (uint64, shape (n,)): shape (n, 624), the low then the high half of
@@ -139,9 +142,6 @@ def _mt_words(keys: np.ndarray) -> np.ndarray:
     words[:, 0::2] = halves & np.uint64(0xFFFFFFFF)
     words[:, 1::2] = halves >> np.uint64(32)
     return words
-
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class _KeyedMT:
